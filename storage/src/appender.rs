@@ -1,0 +1,221 @@
+//! Appending to a file through page-aligned direct I/O.
+//!
+//! Bytes are copied into a chain of DMA buffers that mirrors the file from
+//! the page holding the last durable byte onward. A sync seals the chain:
+//! pads its last page with zeros, writes every buffer (several in flight),
+//! and fdatasyncs. The partial last page is copied into the next chain and
+//! rewritten by the next sync with more bytes after it; its durable prefix is
+//! byte-identical in both versions, so a torn rewrite cannot damage it.
+//!
+//! A failed sync keeps its writes; the next sync repeats them before its own.
+//! Writes of one seal never overlap, but writes of two seals may share a page,
+//! so each seal's writes are a stage and stages run one after the other: two
+//! writes of the same page are never in flight together, and the newer one
+//! lands last.
+
+use std::io;
+use std::rc::Rc;
+
+use crate::io::{ALIGN, IoBuffer, StorageFile, align_down, align_up, write_all_at};
+use crate::local_sync::join_bounded;
+
+/// Writes of one sync issued to the device at once.
+pub const WRITES_IN_FLIGHT_MAX: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppenderConfig {
+    /// First buffer of a chain; later ones double up to `chunk_bytes_max`.
+    pub chunk_bytes_min: usize,
+    pub chunk_bytes_max: usize,
+    /// File space is reserved in steps of this many bytes.
+    pub preallocate_bytes: u64,
+}
+
+impl AppenderConfig {
+    pub fn validate(&self) {
+        assert!(self.chunk_bytes_min >= ALIGN && self.chunk_bytes_min % ALIGN == 0);
+        assert!(self.chunk_bytes_max >= self.chunk_bytes_min && self.chunk_bytes_max % ALIGN == 0);
+        assert!(self.preallocate_bytes >= ALIGN as u64 && self.preallocate_bytes % ALIGN as u64 == 0);
+    }
+}
+
+/// The writes of one sync, in stages run one after the other.
+pub struct SyncJob<B> {
+    stages: Vec<Vec<(u64, Rc<B>)>>,
+    /// The logical end this job makes durable.
+    pub end: u64,
+    allocate_to: Option<u64>,
+}
+
+impl<B> SyncJob<B> {
+    pub fn is_empty(&self) -> bool {
+        self.stages.iter().all(|s| s.is_empty()) && self.allocate_to.is_none()
+    }
+}
+
+pub struct Appender<F: StorageFile> {
+    config: AppenderConfig,
+    /// File position of the first byte of `chain[0]`; page aligned.
+    chain_pos: u64,
+    chain: Vec<F::Buffer>,
+    /// Bytes filled in the last buffer of `chain`.
+    last_fill: usize,
+    /// Logical end of the data, durable or not.
+    end: u64,
+    durable_end: u64,
+    /// Writes of failed syncs, one stage per seal, oldest first; repeated
+    /// by the next sync before its own.
+    unsynced: Vec<Vec<(u64, Rc<F::Buffer>)>>,
+    /// File bytes reserved (the file's size, with `keep_size = false`).
+    allocated: u64,
+}
+
+impl<F: StorageFile> Appender<F> {
+    /// Continues a file whose data ends at `end`. `tail` holds the bytes from
+    /// the start of the page containing `end` up to `end` (empty when `end`
+    /// is page aligned); `file_bytes` is the file's current size.
+    pub fn new(file: &F, config: AppenderConfig, end: u64, tail: &[u8], file_bytes: u64) -> Appender<F> {
+        config.validate();
+        let chain_pos = align_down(end);
+        assert_eq!(tail.len() as u64, end - chain_pos, "tail must be the partial last page");
+        let mut appender = Appender {
+            config,
+            chain_pos,
+            chain: Vec::new(),
+            last_fill: 0,
+            end: chain_pos,
+            durable_end: end,
+            unsynced: Vec::new(),
+            allocated: file_bytes,
+        };
+        appender.copy_in(file, tail);
+        assert_eq!(appender.end, end);
+        appender
+    }
+
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    pub fn durable_end(&self) -> u64 {
+        self.durable_end
+    }
+
+    /// Bytes appended since the last successful sync.
+    pub fn pending_bytes(&self) -> u64 {
+        self.end - self.durable_end
+    }
+
+    pub fn append(&mut self, file: &F, bytes: &[u8]) {
+        self.copy_in(file, bytes);
+    }
+
+    fn copy_in(&mut self, file: &F, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let full = self.chain.last().is_none_or(|b| self.last_fill == b.as_slice().len());
+            if full {
+                let size = match self.chain.last() {
+                    None => self.config.chunk_bytes_min,
+                    Some(b) => (b.as_slice().len() * 2).min(self.config.chunk_bytes_max),
+                };
+                self.chain.push(file.alloc_buffer(size));
+                self.last_fill = 0;
+            }
+            let buf = self.chain.last_mut().expect("a buffer was just ensured");
+            let room = buf.as_slice().len() - self.last_fill;
+            let n = room.min(bytes.len());
+            buf.as_mut_slice()[self.last_fill..self.last_fill + n].copy_from_slice(&bytes[..n]);
+            self.last_fill += n;
+            self.end += n as u64;
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Seals everything appended so far into a job; appends may continue
+    /// into a new chain while the job runs.
+    pub fn seal(&mut self, file: &F) -> SyncJob<F::Buffer> {
+        let mut writes = Vec::with_capacity(self.chain.len());
+        let mut pos = self.chain_pos;
+        let chain = std::mem::take(&mut self.chain);
+        let last_index = chain.len().checked_sub(1);
+        let mut carried: Option<Vec<u8>> = None;
+        for (i, mut buf) in chain.into_iter().enumerate() {
+            if Some(i) == last_index {
+                let fill = self.last_fill;
+                let padded = align_up(fill as u64) as usize;
+                buf.as_mut_slice()[fill..padded].fill(0);
+                if fill % ALIGN != 0 {
+                    carried = Some(buf.as_slice()[align_down(fill as u64) as usize..fill].to_vec());
+                }
+                buf.trim_to(padded);
+            }
+            let len = buf.as_slice().len() as u64;
+            writes.push((pos, Rc::new(buf)));
+            pos += len;
+        }
+        assert!(pos == align_up(self.end) || writes.is_empty());
+        // Start the next chain at the partial last page.
+        self.chain_pos = align_down(self.end);
+        self.last_fill = 0;
+        let resume_end = self.end;
+        self.end = self.chain_pos;
+        if let Some(tail) = carried {
+            self.copy_in(file, &tail);
+        }
+        assert_eq!(self.end, resume_end);
+
+        let mut stages = std::mem::take(&mut self.unsynced);
+        stages.push(writes);
+        let needed = align_up(self.end);
+        let allocate_to = (needed > self.allocated).then(|| {
+            let step = self.config.preallocate_bytes;
+            needed.div_ceil(step) * step
+        });
+        SyncJob {
+            stages,
+            end: self.end,
+            allocate_to,
+        }
+    }
+
+    /// Records the outcome of a job from [`seal`](Self::seal).
+    pub fn finish(&mut self, job: SyncJob<F::Buffer>, result: &io::Result<()>) {
+        match result {
+            Ok(()) => {
+                assert!(job.end >= self.durable_end);
+                self.durable_end = job.end;
+                if let Some(to) = job.allocate_to {
+                    self.allocated = self.allocated.max(to);
+                }
+            }
+            Err(_) => {
+                // Keep every write for the next attempt, in seal order.
+                assert!(self.unsynced.is_empty(), "only one job runs at a time");
+                self.unsynced = job.stages.into_iter().filter(|s| !s.is_empty()).collect();
+            }
+        }
+    }
+
+    /// Drops all unwritten state and continues at `end` (after a truncation).
+    pub fn reset(&mut self, file: &F, end: u64, tail: &[u8], file_bytes: u64) {
+        *self = Appender::new(file, self.config, end, tail, file_bytes);
+    }
+}
+
+/// Runs a job: reserves space, writes, fdatasyncs. Touches no appender state,
+/// so the caller holds no borrow across it.
+pub async fn run_job<F: StorageFile>(file: &F, job: &SyncJob<F::Buffer>) -> io::Result<()> {
+    if let Some(to) = job.allocate_to {
+        file.allocate(to).await?;
+    }
+    for stage in &job.stages {
+        let writes: Vec<_> = stage.iter().map(|(pos, buf)| write_all_at(file, buf, *pos)).collect();
+        for r in join_bounded(writes, WRITES_IN_FLIGHT_MAX).await {
+            r?;
+        }
+    }
+    if job.stages.iter().any(|s| !s.is_empty()) || job.allocate_to.is_some() {
+        file.sync_data().await?;
+    }
+    Ok(())
+}

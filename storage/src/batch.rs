@@ -1,0 +1,336 @@
+//! The Kafka record batch (magic v2) header: the only part of a batch the log
+//! reads. Payload records stay opaque bytes, stored and served as received.
+//!
+//! Layout (big-endian, offsets in bytes):
+//!
+//! ```text
+//!  0 base_offset i64        27 base_timestamp i64
+//!  8 batch_length i32       35 max_timestamp i64
+//! 12 leader_epoch i32       43 producer_id i64
+//! 16 magic i8               51 producer_epoch i16
+//! 17 crc u32 (CRC-32C)      53 base_sequence i32
+//! 21 attributes i16         57 record_count i32
+//! 23 last_offset_delta i32  61 records...
+//! ```
+//!
+//! The CRC-32C covers `attributes` to the end of the batch, so the log may
+//! rewrite `base_offset` and `leader_epoch` without touching it.
+
+use crate::offset::Offset;
+
+/// Size of the fixed batch header; a batch is at least this long.
+pub const BATCH_HEADER_BYTES: usize = 61;
+/// `batch_length` counts the bytes after itself.
+const BATCH_LENGTH_END: usize = 12;
+const MAGIC_AT: usize = 16;
+const CRC_AT: usize = 17;
+const ATTRIBUTES_AT: usize = 21;
+const LEADER_EPOCH_AT: usize = 12;
+
+/// The record batch magic this broker stores. Older message formats are rejected.
+pub const MAGIC_V2: i8 = 2;
+
+/// Attribute bits (Kafka `RecordBatch.attributes`).
+pub const ATTR_COMPRESSION_MASK: i16 = 0x07;
+pub const ATTR_TIMESTAMP_LOG_APPEND: i16 = 0x08;
+pub const ATTR_TRANSACTIONAL: i16 = 0x10;
+pub const ATTR_CONTROL: i16 = 0x20;
+
+/// Why a byte string is not one valid record batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch of {bytes} bytes is shorter than the {BATCH_HEADER_BYTES}-byte header")]
+    TooShort { bytes: usize },
+    #[error("batch_length {declared} does not match the {actual} bytes given")]
+    LengthMismatch { declared: i64, actual: usize },
+    #[error("unsupported record batch magic {magic}")]
+    UnsupportedMagic { magic: i8 },
+    #[error("CRC-32C mismatch: header says {expected:#010x}, bytes give {actual:#010x}")]
+    CrcMismatch { expected: u32, actual: u32 },
+    #[error("record_count {record_count} is inconsistent with last_offset_delta {last_offset_delta}")]
+    InconsistentCount { record_count: i32, last_offset_delta: i32 },
+}
+
+/// The header fields of one v2 record batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: Offset,
+    pub batch_bytes: usize,
+    pub leader_epoch: i32,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Parses and checks the header of `bytes`, which must hold exactly one
+    /// batch. The CRC is not verified here: see [`verify_crc`].
+    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        if bytes.len() < BATCH_HEADER_BYTES {
+            return Err(BatchError::TooShort { bytes: bytes.len() });
+        }
+        let batch_length = i64::from(be_i32(bytes, 8));
+        if batch_length + BATCH_LENGTH_END as i64 != bytes.len() as i64 {
+            return Err(BatchError::LengthMismatch {
+                declared: batch_length,
+                actual: bytes.len(),
+            });
+        }
+        let magic = bytes[MAGIC_AT] as i8;
+        if magic != MAGIC_V2 {
+            return Err(BatchError::UnsupportedMagic { magic });
+        }
+        let header = BatchHeader {
+            base_offset: Offset(be_i64(bytes, 0)),
+            batch_bytes: bytes.len(),
+            leader_epoch: be_i32(bytes, LEADER_EPOCH_AT),
+            crc: be_u32(bytes, CRC_AT),
+            attributes: be_i16(bytes, ATTRIBUTES_AT),
+            last_offset_delta: be_i32(bytes, 23),
+            base_timestamp: be_i64(bytes, 27),
+            max_timestamp: be_i64(bytes, 35),
+            producer_id: be_i64(bytes, 43),
+            producer_epoch: be_i16(bytes, 51),
+            base_sequence: be_i32(bytes, 53),
+            record_count: be_i32(bytes, 57),
+        };
+        // Producers always number records 0..count inside a batch; a batch
+        // that says otherwise would make offsets and record count disagree.
+        if header.record_count < 1
+            || header.last_offset_delta < 0
+            || i64::from(header.last_offset_delta) + 1 != i64::from(header.record_count)
+        {
+            return Err(BatchError::InconsistentCount {
+                record_count: header.record_count,
+                last_offset_delta: header.last_offset_delta,
+            });
+        }
+        Ok(header)
+    }
+
+    /// Offset of the last record, once `base_offset` is assigned.
+    pub fn last_offset(&self) -> Offset {
+        Offset(self.base_offset.0 + i64::from(self.last_offset_delta))
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTR_TRANSACTIONAL != 0
+    }
+
+    /// Compression codec id (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd).
+    pub fn compression(&self) -> i16 {
+        self.attributes & ATTR_COMPRESSION_MASK
+    }
+}
+
+/// Checks the batch's CRC-32C (Castagnoli), which covers `attributes` to the end.
+pub fn verify_crc(bytes: &[u8]) -> Result<(), BatchError> {
+    if bytes.len() < BATCH_HEADER_BYTES {
+        return Err(BatchError::TooShort { bytes: bytes.len() });
+    }
+    let expected = be_u32(bytes, CRC_AT);
+    let actual = crc32c::crc32c(&bytes[ATTRIBUTES_AT..]);
+    if expected != actual {
+        return Err(BatchError::CrcMismatch { expected, actual });
+    }
+    Ok(())
+}
+
+/// Writes the batch's CRC-32C; used by whoever builds batches (tests, bench).
+pub fn write_crc(bytes: &mut [u8]) {
+    assert!(bytes.len() >= BATCH_HEADER_BYTES);
+    let crc = crc32c::crc32c(&bytes[ATTRIBUTES_AT..]);
+    bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Stores the base offset the log assigned; the CRC does not cover it.
+pub fn set_base_offset(bytes: &mut [u8], base_offset: Offset) {
+    assert!(bytes.len() >= BATCH_HEADER_BYTES);
+    bytes[0..8].copy_from_slice(&base_offset.0.to_be_bytes());
+}
+
+/// Stores the partition leader epoch; the CRC does not cover it.
+pub fn set_leader_epoch(bytes: &mut [u8], epoch: i32) {
+    assert!(bytes.len() >= BATCH_HEADER_BYTES);
+    bytes[LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4].copy_from_slice(&epoch.to_be_bytes());
+}
+
+/// Splits a byte string holding several concatenated batches (a produce
+/// request's records, a fetch response's records) into batch-sized slices.
+/// Stops at the first length that does not fit; returns the bytes consumed.
+pub fn split_batches(bytes: &[u8]) -> (Vec<std::ops::Range<usize>>, usize) {
+    let mut ranges = Vec::new();
+    let mut pos = 0usize;
+    while bytes.len() - pos >= BATCH_LENGTH_END {
+        let batch_length = i64::from(be_i32(bytes, pos + 8));
+        let total = batch_length + BATCH_LENGTH_END as i64;
+        if total < BATCH_HEADER_BYTES as i64 || total > (bytes.len() - pos) as i64 {
+            break;
+        }
+        let end = pos + total as usize;
+        ranges.push(pos..end);
+        pos = end;
+    }
+    (ranges, pos)
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(a)
+}
+
+/// Builds a syntactically valid batch with `record_count` records of opaque
+/// payload; used by tests and benchmarks that need batches without a Kafka
+/// client. The records are real v2 records (varint framed) so clients could
+/// decode them.
+pub fn build_batch(record_count: i32, value_bytes: usize, timestamp_ms: i64) -> Vec<u8> {
+    assert!(record_count >= 1);
+    let mut records = Vec::new();
+    for i in 0..record_count {
+        let mut body = Vec::new();
+        body.push(0u8); // record attributes
+        put_varint(&mut body, 0); // timestamp delta
+        put_varint(&mut body, i64::from(i)); // offset delta
+        put_varint(&mut body, -1); // key: null
+        put_varint(&mut body, value_bytes as i64);
+        body.extend(std::iter::repeat_n((i % 251) as u8, value_bytes));
+        put_varint(&mut body, 0); // header count
+        put_varint(&mut records, body.len() as i64);
+        records.extend_from_slice(&body);
+    }
+    let total = BATCH_HEADER_BYTES + records.len();
+    let mut b = Vec::with_capacity(total);
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&((total - BATCH_LENGTH_END) as i32).to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes()); // leader epoch
+    b.push(MAGIC_V2 as u8);
+    b.extend_from_slice(&0u32.to_be_bytes()); // crc, filled below
+    b.extend_from_slice(&0i16.to_be_bytes()); // attributes
+    b.extend_from_slice(&(record_count - 1).to_be_bytes());
+    b.extend_from_slice(&timestamp_ms.to_be_bytes());
+    b.extend_from_slice(&timestamp_ms.to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
+    b.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+    b.extend_from_slice(&record_count.to_be_bytes());
+    b.extend_from_slice(&records);
+    assert_eq!(b.len(), total);
+    write_crc(&mut b);
+    b
+}
+
+fn put_varint(out: &mut Vec<u8>, value: i64) {
+    let mut v = ((value << 1) ^ (value >> 63)) as u64;
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_batch_parses_and_verifies() {
+        let b = build_batch(3, 10, 1_700_000_000_000);
+        let h = BatchHeader::parse(&b).unwrap();
+        assert_eq!(h.record_count, 3);
+        assert_eq!(h.last_offset_delta, 2);
+        assert_eq!(h.max_timestamp, 1_700_000_000_000);
+        assert_eq!(h.batch_bytes, b.len());
+        verify_crc(&b).unwrap();
+    }
+
+    #[test]
+    fn base_offset_and_epoch_do_not_change_the_crc() {
+        let mut b = build_batch(1, 5, 7);
+        set_base_offset(&mut b, Offset(1234));
+        set_leader_epoch(&mut b, 9);
+        verify_crc(&b).unwrap();
+        let h = BatchHeader::parse(&b).unwrap();
+        assert_eq!(h.base_offset, Offset(1234));
+        assert_eq!(h.leader_epoch, 9);
+        assert_eq!(h.last_offset(), Offset(1234));
+    }
+
+    #[test]
+    fn rejects_malformed_batches() {
+        let good = build_batch(2, 4, 0);
+        let check = |bytes: &[u8], expected: BatchError| {
+            assert_eq!(BatchHeader::parse(bytes), Err(expected));
+        };
+        check(&good[..10], BatchError::TooShort { bytes: 10 });
+        check(
+            &good[..good.len() - 1],
+            BatchError::LengthMismatch {
+                declared: (good.len() - 12) as i64,
+                actual: good.len() - 1,
+            },
+        );
+        let mut magic1 = good.clone();
+        magic1[MAGIC_AT] = 1;
+        check(&magic1, BatchError::UnsupportedMagic { magic: 1 });
+        let mut count = good.clone();
+        count[57..61].copy_from_slice(&5i32.to_be_bytes());
+        check(
+            &count,
+            BatchError::InconsistentCount {
+                record_count: 5,
+                last_offset_delta: 1,
+            },
+        );
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(verify_crc(&flipped), Err(BatchError::CrcMismatch { .. })));
+    }
+
+    #[test]
+    fn split_batches_stops_at_a_partial_batch() {
+        let a = build_batch(1, 3, 0);
+        let b = build_batch(2, 3, 0);
+        let mut joined = a.clone();
+        joined.extend_from_slice(&b);
+        joined.extend_from_slice(&a[..20]);
+        let (ranges, consumed) = split_batches(&joined);
+        assert_eq!(ranges, vec![0..a.len(), a.len()..a.len() + b.len()]);
+        assert_eq!(consumed, a.len() + b.len());
+    }
+
+    #[test]
+    fn split_batches_never_panics_on_garbage() {
+        for len in 0..64 {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let (ranges, consumed) = split_batches(&junk);
+            assert!(consumed <= junk.len());
+            for r in ranges {
+                assert!(r.end <= junk.len());
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Per-log settings. Names follow Kafka's topic configs where one exists.
+
+use crate::appender::AppenderConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogConfig {
+    /// `segment.bytes`: a segment rolls before passing this size.
+    pub segment_bytes: u64,
+    /// `segment.ms`: a segment rolls once it has been open this long.
+    pub segment_ms: i64,
+    /// `retention.bytes`: oldest segments go once the log passes this; -1 keeps all.
+    pub retention_bytes: i64,
+    /// `retention.ms`: segments whose newest record is older go; -1 keeps all.
+    pub retention_ms: i64,
+    /// `index.interval.bytes`: bytes between sparse index entries.
+    pub index_interval_bytes: u64,
+    /// Appended bytes not yet durable before an append waits for a sync.
+    pub write_buffer_bytes_max: u64,
+    /// Durable bytes written between checkpoints; bounds recovery's scan.
+    pub checkpoint_interval_bytes: u64,
+    pub appender: AppenderConfig,
+}
+
+pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+pub const SEGMENT_BYTES_MIN: u64 = 14;
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            index_interval_bytes: 4096,
+            write_buffer_bytes_max: 16 << 20,
+            checkpoint_interval_bytes: 64 << 20,
+            appender: AppenderConfig {
+                chunk_bytes_min: 64 << 10,
+                chunk_bytes_max: 1 << 20,
+                preallocate_bytes: 32 << 20,
+            },
+        }
+    }
+}
+
+impl LogConfig {
+    /// Panics on settings no log can work with; the broker validates user
+    /// input before it gets here.
+    pub fn validate(&self) {
+        assert!((SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes));
+        assert!(self.segment_ms > 0);
+        assert!(self.index_interval_bytes > 0);
+        assert!(self.write_buffer_bytes_max > 0);
+        assert!(self.checkpoint_interval_bytes > 0);
+        self.appender.validate();
+    }
+}

@@ -1,0 +1,215 @@
+//! Runtime-agnostic async primitives for one thread: a fair mutex and a
+//! bounded join. The log uses them so it runs on glommio and on the test
+//! executor alike.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+#[derive(Default)]
+struct MutexState {
+    next_ticket: u64,
+    serving: u64,
+    wakers: BTreeMap<u64, Waker>,
+    /// Tickets whose futures were dropped before their turn.
+    abandoned: BTreeSet<u64>,
+}
+
+impl MutexState {
+    /// Passes the lock to the next live ticket and wakes it.
+    fn advance(&mut self) {
+        self.serving += 1;
+        while self.abandoned.remove(&self.serving) {
+            self.serving += 1;
+        }
+        if let Some(waker) = self.wakers.remove(&self.serving) {
+            waker.wake();
+        }
+    }
+}
+
+/// A FIFO async mutex for tasks on one thread. Waiters are served in the
+/// order they asked; a waiter that gives up (its future dropped) is skipped.
+#[derive(Clone, Default)]
+pub struct LocalMutex {
+    state: Rc<RefCell<MutexState>>,
+}
+
+pub struct LocalMutexGuard {
+    state: Rc<RefCell<MutexState>>,
+}
+
+impl Drop for LocalMutexGuard {
+    fn drop(&mut self) {
+        self.state.borrow_mut().advance();
+    }
+}
+
+struct LockFuture {
+    state: Rc<RefCell<MutexState>>,
+    ticket: u64,
+    acquired: bool,
+}
+
+impl Future for LockFuture {
+    type Output = LocalMutexGuard;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LocalMutexGuard> {
+        let ticket = self.ticket;
+        let mut st = self.state.borrow_mut();
+        if st.serving == ticket {
+            st.wakers.remove(&ticket);
+            drop(st);
+            self.acquired = true;
+            return Poll::Ready(LocalMutexGuard {
+                state: self.state.clone(),
+            });
+        }
+        st.wakers.insert(ticket, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for LockFuture {
+    fn drop(&mut self) {
+        if self.acquired {
+            return;
+        }
+        let mut st = self.state.borrow_mut();
+        st.wakers.remove(&self.ticket);
+        if st.serving == self.ticket {
+            // Our turn came but we never took it: pass it on.
+            st.advance();
+        } else {
+            st.abandoned.insert(self.ticket);
+        }
+    }
+}
+
+impl LocalMutex {
+    pub fn new() -> LocalMutex {
+        LocalMutex::default()
+    }
+
+    pub async fn lock(&self) -> LocalMutexGuard {
+        let ticket = {
+            let mut st = self.state.borrow_mut();
+            let t = st.next_ticket;
+            st.next_ticket += 1;
+            t
+        };
+        LockFuture {
+            state: self.state.clone(),
+            ticket,
+            acquired: false,
+        }
+        .await
+    }
+
+    pub fn is_locked(&self) -> bool {
+        let st = self.state.borrow();
+        st.serving != st.next_ticket
+    }
+}
+
+/// Runs all `futures` with at most `in_flight_max` polled at once; returns
+/// their outputs in order.
+pub async fn join_bounded<F: Future>(futures: Vec<F>, in_flight_max: usize) -> Vec<F::Output> {
+    assert!(in_flight_max > 0);
+    let count = futures.len();
+    let mut pending: Vec<Option<Pin<Box<F>>>> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = (0..count).map(|_| None).collect();
+    let mut done = 0usize;
+    poll_fn(|cx| {
+        // Poll the earliest unfinished futures, up to the in-flight limit.
+        let mut polled = 0usize;
+        let mut finished_now = 0usize;
+        for i in 0..count {
+            if polled == in_flight_max {
+                break;
+            }
+            let Some(fut) = pending[i].as_mut() else {
+                continue;
+            };
+            polled += 1;
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                outputs[i] = Some(out);
+                pending[i] = None;
+                done += 1;
+                finished_now += 1;
+            }
+        }
+        if done == count {
+            return Poll::Ready(());
+        }
+        if finished_now > 0 && polled == in_flight_max {
+            // Slots freed during this pass while futures past the window
+            // wait unpolled: come back at once to start them.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::block_on;
+    use std::cell::Cell;
+
+    #[test]
+    fn mutex_serves_in_order_and_skips_abandoned_waiters() {
+        let m = LocalMutex::new();
+        block_on(async {
+            let g = m.lock().await;
+            assert!(m.is_locked());
+            let waiter = m.lock();
+            drop(waiter); // never polled: abandoned
+            drop(g);
+            let g2 = m.lock().await;
+            drop(g2);
+            assert!(!m.is_locked());
+        });
+    }
+
+    #[test]
+    fn join_bounded_keeps_order_and_limit() {
+        let running = Rc::new(Cell::new(0usize));
+        let peak = Rc::new(Cell::new(0usize));
+        let futures: Vec<_> = (0..10)
+            .map(|i| {
+                let running = running.clone();
+                let peak = peak.clone();
+                async move {
+                    running.set(running.get() + 1);
+                    peak.set(peak.get().max(running.get()));
+                    // Yield once so several are in flight together.
+                    let mut yielded = false;
+                    poll_fn(|cx| {
+                        if yielded {
+                            Poll::Ready(())
+                        } else {
+                            yielded = true;
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        }
+                    })
+                    .await;
+                    running.set(running.get() - 1);
+                    i * 2
+                }
+            })
+            .collect();
+        let out = block_on(join_bounded(futures, 3));
+        assert_eq!(out, (0..10).map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(peak.get(), 3);
+    }
+}

@@ -1,0 +1,1323 @@
+//! The partition log: an append-only sequence of segments owned by one shard.
+//!
+//! Concurrency model: all methods take `&self` and may be called from many
+//! tasks of the owning shard. State lives in a `RefCell` that is never
+//! borrowed across an await. Operations that do I/O on shared state (sync,
+//! roll, checkpoint, retention, truncation, close) hold `io_lock`, a FIFO
+//! async mutex, so they run one at a time. Appends copy into the write
+//! buffer without waiting, unless they must roll a segment, retry after a
+//! disk fault, or wait for space in the write buffer.
+//!
+//! Group commit: a task that wants offset `o` durable waits for `io_lock`;
+//! whoever holds it syncs everything appended so far, so the waiters behind
+//! it usually find their offset durable when their turn comes.
+//!
+//! Invariants (checked by `check_invariants` in tests and debug builds):
+//! - `start_offset <= durable_offset <= end_offset`;
+//! - segments are contiguous: each segment's `next_offset` is the next
+//!   segment's base; the last segment is the active one;
+//! - every byte below a segment's durable end is a valid frame on disk;
+//! - reads never return data at or past `durable_offset`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use tracing::{info, warn};
+
+use crate::appender::{Appender, run_job};
+use crate::batch::{BatchHeader, set_base_offset};
+use crate::cache::{BatchCache, CacheLogId};
+use crate::checkpoint::{Checkpoint, SegmentCheckpoint};
+use crate::config::LogConfig;
+use crate::error::{Result, StorageError};
+use crate::frame::{FRAME_HEADER_BYTES, FrameError, FrameHeader};
+use crate::index::{NewEntries, OFFSET_ENTRY_BYTES, SegmentIndex, TIME_ENTRY_BYTES};
+use crate::io::{FileSystem, StorageFile, align_up, read_file, write_file_atomic};
+use crate::local_sync::LocalMutex;
+use crate::offset::Offset;
+use crate::segment::{
+    FrameCursor, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, Segment, TIME_INDEX_SUFFIX, parse_segment_name, read_tail_page,
+    scan_frames, segment_file,
+};
+
+const CHECKPOINT_FILE: &str = "checkpoint";
+/// Smallest read from disk; reads near each other share one I/O.
+const READ_CHUNK_BYTES_MIN: usize = 64 << 10;
+/// Largest read from disk; a single larger frame is read whole.
+const READ_CHUNK_BYTES_MAX: usize = 4 << 20;
+/// Index appenders hold little; their buffers stay small.
+const INDEX_CHUNK_BYTES: usize = 16 << 10;
+
+/// What an append assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub max_timestamp: i64,
+    pub log_start_offset: Offset,
+}
+
+/// A batch found by timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimestampHit {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub max_timestamp: i64,
+    /// The whole stored batch, for finding the record within it.
+    pub batch: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Byte budget for the batches returned.
+    pub bytes_max: usize,
+    /// Return no batch starting at or past this offset (it is further capped
+    /// at the durable offset).
+    pub upper: Offset,
+    /// Return the first batch even if it alone exceeds `bytes_max`.
+    pub min_one: bool,
+}
+
+/// Sizes and offsets at a moment, for metrics and admin APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStats {
+    pub start_offset: Offset,
+    pub end_offset: Offset,
+    pub durable_offset: Offset,
+    pub segment_count: usize,
+    pub size_bytes: u64,
+    /// Successful fdatasyncs of segment data since the log was opened.
+    pub sync_count: u64,
+}
+
+/// The writer side of the active (last) segment.
+struct ActiveWriter<F: StorageFile> {
+    log: Appender<F>,
+    offset_index: Appender<F>,
+    offset_index_file: Rc<F>,
+    time_index: Appender<F>,
+    time_index_file: Rc<F>,
+}
+
+struct State<F: StorageFile> {
+    config: LogConfig,
+    start_offset: Offset,
+    end_offset: Offset,
+    durable_offset: Offset,
+    /// Largest timestamp among durable frames of the active segment.
+    durable_max_timestamp: i64,
+    segments: BTreeMap<Offset, Segment<F>>,
+    writer: ActiveWriter<F>,
+    /// A roll or truncation is in progress: appends wait for it.
+    appends_paused: bool,
+    /// The last sync failed; appends retry it before going on.
+    write_error: Option<StorageError>,
+    bytes_since_checkpoint: u64,
+    sync_count: u64,
+    closed: bool,
+}
+
+impl<F: StorageFile> State<F> {
+    fn active(&self) -> &Segment<F> {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment<F> {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn needs_roll(&self, frame_bytes: u64, now_ms: i64) -> bool {
+        let active = self.active();
+        !active.is_empty()
+            && (active.end + frame_bytes > self.config.segment_bytes
+                || now_ms.saturating_sub(active.opened_ms) >= self.config.segment_ms)
+    }
+
+    fn check_invariants(&self) {
+        assert!(self.start_offset <= self.durable_offset, "start past durable");
+        assert!(self.durable_offset <= self.end_offset, "durable past end");
+        let mut expected: Option<Offset> = None;
+        for (base, seg) in &self.segments {
+            assert_eq!(*base, seg.base);
+            if let Some(e) = expected {
+                assert_eq!(e, seg.base, "segments are not contiguous");
+            }
+            assert!(seg.next_offset >= seg.base);
+            expected = Some(seg.next_offset);
+        }
+        assert_eq!(expected, Some(self.end_offset), "active segment does not end the log");
+        assert_eq!(self.writer.log.end(), self.active().end);
+    }
+}
+
+pub struct Log<S: FileSystem> {
+    fs: S,
+    dir: PathBuf,
+    cache: BatchCache,
+    cache_id: CacheLogId,
+    io_lock: LocalMutex,
+    state: RefCell<State<S::File>>,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |e| StorageError::io(op, path, e)
+}
+
+impl<S: FileSystem> Log<S> {
+    /// Opens the log in `dir`, creating it if empty, and recovers it: scans
+    /// each segment from its checkpointed end, cuts at the first torn or
+    /// corrupt frame, drops everything after a cut, rebuilds missing or
+    /// invalid indexes, and writes a fresh checkpoint.
+    pub async fn open(fs: S, dir: PathBuf, config: LogConfig, cache: BatchCache, now_ms: i64) -> Result<Log<S>> {
+        config.validate();
+        fs.create_dir_all(&dir).await.map_err(io_err("create dir", &dir))?;
+        let names = fs.list_dir(&dir).await.map_err(io_err("list", &dir))?;
+        for name in names.iter().filter(|n| n.ends_with(".tmp")) {
+            let p = dir.join(name);
+            fs.remove(&p).await.map_err(io_err("remove", &p))?;
+        }
+        let mut bases: Vec<Offset> = names.iter().filter_map(|n| parse_segment_name(n, LOG_SUFFIX)).collect();
+        bases.sort();
+        let checkpoint_path = dir.join(CHECKPOINT_FILE);
+        let checkpoint = read_file(&fs, &checkpoint_path)
+            .await
+            .map_err(io_err("read", &checkpoint_path))?
+            .and_then(|b| Checkpoint::decode(&b));
+        if checkpoint.is_none() && !bases.is_empty() {
+            warn!(dir = %dir.display(), "no valid checkpoint: recovering every segment from its start");
+        }
+        let checkpointed: HashMap<i64, SegmentCheckpoint> = checkpoint
+            .iter()
+            .flat_map(|c| c.segments.iter().map(|s| (s.base_offset, s.clone())))
+            .collect();
+        let mut start_offset = Offset(checkpoint.as_ref().map_or(0, |c| c.log_start_offset));
+
+        let mut segments: BTreeMap<Offset, Segment<S::File>> = BTreeMap::new();
+        let mut doomed: Vec<Offset> = Vec::new();
+        let mut expected: Option<Offset> = None;
+        for &base in &bases {
+            if expected.is_some_and(|e| e != base) {
+                // Everything after a cut or a gap is unreachable: a corrupt
+                // frame ends the log.
+                doomed.push(base);
+                continue;
+            }
+            let seg = recover_segment(&fs, &dir, base, checkpointed.get(&base.0), &config, now_ms).await?;
+            expected = Some(seg.next_offset);
+            segments.insert(base, seg);
+        }
+        // Whole segments below the start are leftovers of retention or
+        // DeleteRecords that a crash kept from being removed.
+        let below_start: Vec<Offset> = segments
+            .iter()
+            .filter(|(_, s)| s.next_offset <= start_offset)
+            .map(|(b, _)| *b)
+            .collect();
+        for base in below_start {
+            if segments.len() > 1 {
+                segments.remove(&base);
+                doomed.push(base);
+            }
+        }
+        for base in &doomed {
+            warn!(dir = %dir.display(), base = base.0, "removing segment after a cut or below the log start");
+            remove_segment_files(&fs, &dir, *base).await?;
+        }
+        if segments.is_empty() {
+            let seg = create_segment(&fs, &dir, start_offset, &config, now_ms).await?;
+            segments.insert(start_offset, seg);
+        }
+        let first_base = *segments.keys().next().expect("at least one segment");
+        let end_offset = segments.values().next_back().expect("at least one segment").next_offset;
+        start_offset = start_offset.max(first_base).min(end_offset);
+
+        // Sealed segments whose index grew during recovery get their index
+        // files rewritten, so the checkpoint can count on them.
+        let last_base = *segments.keys().next_back().expect("at least one segment");
+        for seg in segments.values_mut().filter(|s| s.base != last_base) {
+            persist_full_index(&fs, &dir, seg).await?;
+        }
+        let writer = {
+            let active = segments.get_mut(&last_base).expect("last segment exists");
+            activate(&fs, &dir, active, &config).await?
+        };
+        let durable_max_timestamp = segments[&last_base].max_timestamp();
+        let cache_id = cache.register();
+        let log = Log {
+            fs,
+            dir,
+            cache,
+            cache_id,
+            io_lock: LocalMutex::new(),
+            state: RefCell::new(State {
+                config,
+                start_offset,
+                end_offset,
+                durable_offset: end_offset,
+                durable_max_timestamp,
+                segments,
+                writer,
+                appends_paused: false,
+                write_error: None,
+                bytes_since_checkpoint: 0,
+                sync_count: 0,
+                closed: false,
+            }),
+        };
+        log.state.borrow().check_invariants();
+        {
+            let _guard = log.io_lock.lock().await;
+            log.checkpoint_locked().await?;
+        }
+        info!(
+            dir = %log.dir.display(),
+            start = start_offset.0,
+            end = end_offset.0,
+            segments = log.state.borrow().segments.len(),
+            "log opened"
+        );
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn start_offset(&self) -> Offset {
+        self.state.borrow().start_offset
+    }
+
+    /// The offset the next append gets (the log end offset).
+    pub fn end_offset(&self) -> Offset {
+        self.state.borrow().end_offset
+    }
+
+    /// Every offset below this is durable.
+    pub fn durable_offset(&self) -> Offset {
+        self.state.borrow().durable_offset
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.state.borrow().config
+    }
+
+    /// Applies new settings; they govern the next roll, retention pass and
+    /// sync. Segment size changes never rewrite existing segments.
+    pub fn set_config(&self, config: LogConfig) {
+        config.validate();
+        self.state.borrow_mut().config = config;
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let st = self.state.borrow();
+        LogStats {
+            start_offset: st.start_offset,
+            end_offset: st.end_offset,
+            durable_offset: st.durable_offset,
+            segment_count: st.segments.len(),
+            size_bytes: st.segments.values().map(|s| s.end).sum(),
+            sync_count: st.sync_count,
+        }
+    }
+
+    /// Bytes appended and not yet durable.
+    pub fn pending_bytes(&self) -> u64 {
+        self.state.borrow().writer.log.pending_bytes()
+    }
+
+    /// Appends one record batch (magic v2, as a producer sent it), assigning
+    /// its offsets. Returns as soon as the batch is in the write buffer; use
+    /// [`wait_durable`](Self::wait_durable) for durability.
+    pub async fn append(&self, batch: Bytes, now_ms: i64) -> Result<AppendInfo> {
+        let header = BatchHeader::parse(&batch)?;
+        let frame_bytes = (FRAME_HEADER_BYTES + batch.len()) as u64;
+        loop {
+            {
+                let mut st = self.state.borrow_mut();
+                if st.closed {
+                    return Err(StorageError::Closed);
+                }
+                if frame_bytes > st.config.segment_bytes {
+                    return Err(StorageError::BatchTooLarge {
+                        batch_bytes: batch.len(),
+                        segment_bytes: st.config.segment_bytes,
+                    });
+                }
+                let pending = st.writer.log.pending_bytes();
+                let fits = pending == 0 || pending + frame_bytes <= st.config.write_buffer_bytes_max;
+                if !st.appends_paused && st.write_error.is_none() && fits && !st.needs_roll(frame_bytes, now_ms) {
+                    return Ok(self.append_now(&mut st, batch, header));
+                }
+            }
+            // Slow path: one of roll, retry or backpressure, under the lock.
+            let _guard = self.io_lock.lock().await;
+            let (failed, roll, full) = {
+                let st = self.state.borrow();
+                if st.closed {
+                    return Err(StorageError::Closed);
+                }
+                let pending = st.writer.log.pending_bytes();
+                (
+                    st.write_error.is_some(),
+                    st.needs_roll(frame_bytes, now_ms),
+                    pending > 0 && pending + frame_bytes > st.config.write_buffer_bytes_max,
+                )
+            };
+            if failed || full {
+                self.sync_locked().await?;
+            }
+            if roll {
+                self.roll_locked(now_ms).await?;
+            }
+            let mut st = self.state.borrow_mut();
+            if st.write_error.is_none() && !st.needs_roll(frame_bytes, now_ms) {
+                return Ok(self.append_now(&mut st, batch, header));
+            }
+        }
+    }
+
+    fn append_now(&self, st: &mut State<S::File>, batch: Bytes, mut header: BatchHeader) -> AppendInfo {
+        let base = st.end_offset;
+        header.base_offset = base;
+        // Patch the base offset in place when we own the only reference,
+        // else copy once; the result is both what is written and what the
+        // cache serves.
+        let mut payload = batch
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        set_base_offset(&mut payload, base);
+        let payload = payload.freeze();
+        let frame = FrameHeader::for_batch(&header, &payload);
+        let mut frame_bytes = [0u8; FRAME_HEADER_BYTES];
+        frame.write_to(&mut frame_bytes);
+
+        let State { segments, writer, .. } = st;
+        let active = segments.values_mut().next_back().expect("active segment");
+        let position = active.end;
+        {
+            let file = active.file.clone();
+            writer.log.append(&file, &frame_bytes);
+            writer.log.append(&file, &payload);
+        }
+        let NewEntries { offset, time } = active.index.add_frame(position, base, header.max_timestamp);
+        if let Some(e) = offset {
+            writer.offset_index.append(&writer.offset_index_file, &e.encode());
+        }
+        if let Some(e) = time {
+            writer.time_index.append(&writer.time_index_file, &e.encode());
+        }
+        active.end = writer.log.end();
+        active.next_offset = frame.next_offset();
+        st.end_offset = frame.next_offset();
+        self.cache.insert(self.cache_id, base, payload);
+        AppendInfo {
+            base_offset: base,
+            last_offset: frame.last_offset(),
+            max_timestamp: header.max_timestamp,
+            log_start_offset: st.start_offset,
+        }
+    }
+
+    /// Makes everything appended so far durable; returns the durable offset.
+    pub async fn sync(&self) -> Result<Offset> {
+        let target = self.end_offset();
+        self.wait_durable(target).await?;
+        Ok(self.durable_offset())
+    }
+
+    /// Waits until every offset below `offset` is durable, syncing if no one
+    /// else is. Concurrent callers share syncs (group commit).
+    pub async fn wait_durable(&self, offset: Offset) -> Result<()> {
+        loop {
+            {
+                let st = self.state.borrow();
+                if st.durable_offset >= offset {
+                    return Ok(());
+                }
+                if st.closed {
+                    return Err(StorageError::Closed);
+                }
+                assert!(offset <= st.end_offset, "waiting for an offset never appended");
+            }
+            let _guard = self.io_lock.lock().await;
+            if self.state.borrow().durable_offset >= offset {
+                return Ok(());
+            }
+            self.sync_locked().await?;
+        }
+    }
+
+    /// Writes and fdatasyncs the write buffer. Caller holds `io_lock`.
+    async fn sync_locked(&self) -> Result<()> {
+        let (job, file, path, end_offset, max_timestamp) = {
+            let mut st = self.state.borrow_mut();
+            if st.closed {
+                return Err(StorageError::Closed);
+            }
+            let active = st.active();
+            let (file, path, max_ts) = (active.file.clone(), active.path.clone(), active.max_timestamp());
+            let end_offset = st.end_offset;
+            let job = st.writer.log.seal(&file);
+            (job, file, path, end_offset, max_ts)
+        };
+        if job.is_empty() {
+            let mut st = self.state.borrow_mut();
+            st.durable_offset = st.durable_offset.max(end_offset);
+            st.durable_max_timestamp = max_timestamp;
+            st.writer.log.finish(job, &Ok(()));
+            return Ok(());
+        }
+        let synced_bytes = job.end - self.state.borrow().writer.log.durable_end();
+        let result = run_job(file.as_ref(), &job).await;
+        let checkpoint_due = {
+            let mut st = self.state.borrow_mut();
+            st.writer.log.finish(job, &result);
+            match &result {
+                Ok(()) => {
+                    st.sync_count += 1;
+                    st.durable_offset = st.durable_offset.max(end_offset);
+                    st.durable_max_timestamp = max_timestamp;
+                    if let Some(e) = st.write_error.take() {
+                        info!(dir = %self.dir.display(), error = %e, "writes recovered");
+                    }
+                    st.bytes_since_checkpoint += synced_bytes;
+                    st.bytes_since_checkpoint >= st.config.checkpoint_interval_bytes
+                }
+                Err(e) => {
+                    let err = StorageError::io("sync", &path, clone_io_error(e));
+                    warn!(dir = %self.dir.display(), error = %err, "sync failed; appends wait for a retry");
+                    st.write_error = Some(err.clone());
+                    return Err(err);
+                }
+            }
+        };
+        if checkpoint_due {
+            // The data is durable either way; a failed checkpoint only means
+            // a longer recovery scan, and the next one will be retried.
+            if let Err(e) = self.checkpoint_locked().await {
+                warn!(dir = %self.dir.display(), error = %e, "checkpoint failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one at the end offset.
+    /// Caller holds `io_lock`.
+    async fn roll_locked(&self, now_ms: i64) -> Result<()> {
+        self.state.borrow_mut().appends_paused = true;
+        let result = self.roll_inner(now_ms).await;
+        self.state.borrow_mut().appends_paused = false;
+        result
+    }
+
+    async fn roll_inner(&self, now_ms: i64) -> Result<()> {
+        self.sync_locked().await?;
+        self.sync_indexes_locked().await?;
+        let (config, new_base, old_file, old_end) = {
+            let st = self.state.borrow();
+            let active = st.active();
+            (st.config, st.end_offset, active.file.clone(), active.end)
+        };
+        let new_segment = create_segment(&self.fs, &self.dir, new_base, &config, now_ms).await?;
+        let new_writer = new_writer(&self.fs, &self.dir, &new_segment, &config, 0, 0).await?;
+        // Give back the preallocated space past the sealed data.
+        if let Err(e) = old_file.truncate(align_up(old_end)).await {
+            warn!(dir = %self.dir.display(), error = %e, "could not trim a sealed segment");
+        }
+        let old_writer = {
+            let mut st = self.state.borrow_mut();
+            let old = std::mem::replace(&mut st.writer, new_writer);
+            st.segments.insert(new_base, new_segment);
+            st.durable_max_timestamp = i64::MIN;
+            old
+        };
+        close_writer(old_writer).await;
+        self.checkpoint_locked().await
+    }
+
+    /// Makes the active segment's index entries durable. Caller holds `io_lock`.
+    async fn sync_indexes_locked(&self) -> Result<()> {
+        let (offset_job, offset_file, time_job, time_file, counts) = {
+            let mut st = self.state.borrow_mut();
+            let counts = {
+                let a = st.active();
+                (
+                    a.index.offset_entries().len() as u32,
+                    a.index.time_entries().len() as u32,
+                )
+            };
+            let w = &mut st.writer;
+            let offset_file = w.offset_index_file.clone();
+            let time_file = w.time_index_file.clone();
+            let offset_job = w.offset_index.seal(&offset_file);
+            let time_job = w.time_index.seal(&time_file);
+            (offset_job, offset_file, time_job, time_file, counts)
+        };
+        let r1 = run_job(offset_file.as_ref(), &offset_job).await;
+        let r2 = run_job(time_file.as_ref(), &time_job).await;
+        let mut st = self.state.borrow_mut();
+        st.writer.offset_index.finish(offset_job, &r1);
+        st.writer.time_index.finish(time_job, &r2);
+        let path = st.active().path.clone();
+        r1.map_err(io_err("sync index", &path))?;
+        r2.map_err(io_err("sync time index", &path))?;
+        let active = st.active_mut();
+        active.persisted_offset_entries = counts.0;
+        active.persisted_time_entries = counts.1;
+        Ok(())
+    }
+
+    /// Writes the checkpoint: every segment up to what is durable now.
+    /// Caller holds `io_lock`.
+    async fn checkpoint_locked(&self) -> Result<()> {
+        self.sync_indexes_locked().await?;
+        let checkpoint = {
+            let st = self.state.borrow();
+            let last = st.active().base;
+            let segments = st
+                .segments
+                .values()
+                .map(|s| {
+                    if s.base == last {
+                        // Only durable frames, and only index entries that
+                        // point at them.
+                        let end = st.writer.log.durable_end();
+                        let offsets = s.index.offset_entries();
+                        let times = s.index.time_entries();
+                        let offset_count = offsets.partition_point(|e| u64::from(e.position) < end);
+                        let time_count = times.partition_point(|e| u64::from(e.position) < end);
+                        SegmentCheckpoint {
+                            base_offset: s.base.0,
+                            end,
+                            next_offset: st.durable_offset.0,
+                            max_timestamp: st.durable_max_timestamp,
+                            offset_index_entries: (offset_count as u32).min(s.persisted_offset_entries),
+                            time_index_entries: (time_count as u32).min(s.persisted_time_entries),
+                        }
+                    } else {
+                        SegmentCheckpoint {
+                            base_offset: s.base.0,
+                            end: s.end,
+                            next_offset: s.next_offset.0,
+                            max_timestamp: s.max_timestamp(),
+                            offset_index_entries: s.persisted_offset_entries,
+                            time_index_entries: s.persisted_time_entries,
+                        }
+                    }
+                })
+                .collect();
+            Checkpoint {
+                log_start_offset: st.start_offset.0,
+                segments,
+            }
+        };
+        let path = self.dir.join(CHECKPOINT_FILE);
+        write_file_atomic(&self.fs, &path, &checkpoint.encode())
+            .await
+            .map_err(io_err("write checkpoint", &path))?;
+        self.state.borrow_mut().bytes_since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one that holds `from`.
+    /// `from` equal to the end offset gives nothing; outside
+    /// `[start_offset, end_offset]` is `OffsetOutOfRange`.
+    pub async fn read(&self, from: Offset, limits: ReadLimits) -> Result<Vec<Bytes>> {
+        let upper = {
+            let st = self.state.borrow();
+            if from < st.start_offset || from > st.end_offset {
+                return Err(StorageError::OffsetOutOfRange {
+                    requested: from,
+                    start: st.start_offset,
+                    end: st.end_offset,
+                });
+            }
+            limits.upper.min(st.durable_offset)
+        };
+        let mut out: Vec<Bytes> = Vec::new();
+        let mut next = from;
+        let mut bytes = 0usize;
+        while next < upper && bytes < limits.bytes_max {
+            let min_one = limits.min_one && out.is_empty();
+            let hits = self
+                .cache
+                .read(self.cache_id, next, upper, limits.bytes_max - bytes, min_one);
+            if let Some(last) = hits.last() {
+                next = Offset(
+                    BatchHeader::parse(last)
+                        .map_err(StorageError::InvalidBatch)?
+                        .base_offset
+                        .0,
+                )
+                .plus(i64::from(last_offset_delta(last)) + 1);
+                bytes += hits.iter().map(|b| b.len()).sum::<usize>();
+                out.extend(hits);
+                continue;
+            }
+            let before = out.len();
+            let (more, reached) = self
+                .read_from_disk(next, upper, limits.bytes_max - bytes, min_one)
+                .await?;
+            bytes += more.iter().map(|b| b.len()).sum::<usize>();
+            out.extend(more);
+            if out.len() == before && reached == next {
+                break; // nothing more fits
+            }
+            next = reached;
+        }
+        Ok(out)
+    }
+
+    /// One segment's worth of a read. Returns the batches and the offset
+    /// after them.
+    async fn read_from_disk(
+        &self,
+        from: Offset,
+        upper: Offset,
+        bytes_max: usize,
+        min_one: bool,
+    ) -> Result<(Vec<Bytes>, Offset)> {
+        let (file, path, pos, readable_end, segment_next) = {
+            let st = self.state.borrow();
+            let Some((_, seg)) = st.segments.range(..=from).next_back() else {
+                return Ok((Vec::new(), from));
+            };
+            let readable_end = if seg.base == st.active().base {
+                st.writer.log.durable_end()
+            } else {
+                seg.end
+            };
+            (
+                seg.file.clone(),
+                seg.path.clone(),
+                seg.index.position_for_offset(from),
+                readable_end,
+                seg.next_offset,
+            )
+        };
+        let chunk_bytes = bytes_max
+            .saturating_add(FRAME_HEADER_BYTES)
+            .clamp(READ_CHUNK_BYTES_MIN, READ_CHUNK_BYTES_MAX);
+        let mut cursor = FrameCursor::new(file.as_ref(), pos, readable_end, chunk_bytes);
+        let mut out = Vec::new();
+        let mut next = from;
+        let mut bytes = 0usize;
+        while !cursor.at_limit() {
+            let at = cursor.position();
+            let header = cursor
+                .header()
+                .await
+                .map_err(io_err("read", &path))?
+                .map_err(|reason| corrupt(&path, at, reason))?;
+            if header.last_offset() >= next {
+                let payload_bytes = header.payload_bytes as usize;
+                if header.base_offset() >= upper || (bytes + payload_bytes > bytes_max && !(min_one && out.is_empty()))
+                {
+                    return Ok((out, next));
+                }
+                let payload = cursor
+                    .payload(&header)
+                    .await
+                    .map_err(io_err("read", &path))?
+                    .map_err(|reason| corrupt(&path, at, reason))?;
+                out.push(payload);
+                bytes += payload_bytes;
+                next = header.next_offset();
+            }
+            cursor.advance(&header);
+        }
+        // Read to the end of what is readable: a sealed segment is done, and
+        // the reader moves on to the next one.
+        Ok((out, next.max(segment_next.min(upper))))
+    }
+
+    /// The first durable batch at or after the log start whose max timestamp
+    /// is at least `timestamp`, or `None` if there is none.
+    pub async fn find_by_timestamp(&self, timestamp: i64) -> Result<Option<TimestampHit>> {
+        let candidates: Vec<(Rc<S::File>, PathBuf, u64, u64)> = {
+            let st = self.state.borrow();
+            let active_base = st.active().base;
+            st.segments
+                .values()
+                .filter(|s| s.next_offset > st.start_offset && s.max_timestamp() >= timestamp)
+                .map(|s| {
+                    let end = if s.base == active_base {
+                        st.writer.log.durable_end()
+                    } else {
+                        s.end
+                    };
+                    (
+                        s.file.clone(),
+                        s.path.clone(),
+                        s.index.position_for_timestamp(timestamp),
+                        end,
+                    )
+                })
+                .collect()
+        };
+        let (start, durable) = (self.start_offset(), self.durable_offset());
+        for (file, path, pos, end) in candidates {
+            let mut cursor = FrameCursor::new(file.as_ref(), pos, end, READ_CHUNK_BYTES_MIN);
+            while !cursor.at_limit() {
+                let at = cursor.position();
+                let header = cursor
+                    .header()
+                    .await
+                    .map_err(io_err("read", &path))?
+                    .map_err(|reason| corrupt(&path, at, reason))?;
+                if header.base_offset() >= durable {
+                    break;
+                }
+                if header.max_timestamp >= timestamp && header.last_offset() >= start {
+                    let batch = cursor
+                        .payload(&header)
+                        .await
+                        .map_err(io_err("read", &path))?
+                        .map_err(|reason| corrupt(&path, at, reason))?;
+                    return Ok(Some(TimestampHit {
+                        base_offset: header.base_offset(),
+                        last_offset: header.last_offset(),
+                        max_timestamp: header.max_timestamp,
+                        batch,
+                    }));
+                }
+                cursor.advance(&header);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes old segments past `retention.ms` (by their newest record's
+    /// timestamp) or beyond `retention.bytes`, oldest first, and whole
+    /// segments below the log start. The active segment is rolled first when
+    /// it alone has expired. Returns the number of segments deleted.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+        let _guard = self.io_lock.lock().await;
+        let active_expired = {
+            let st = self.state.borrow();
+            let active = st.active();
+            st.config.retention_ms >= 0
+                && !active.is_empty()
+                && active.max_timestamp() < now_ms.saturating_sub(st.config.retention_ms)
+        };
+        if active_expired {
+            self.roll_locked(now_ms).await?;
+        }
+        let doomed: Vec<Offset> = {
+            let st = self.state.borrow();
+            let cfg = st.config;
+            let mut total: i64 = st.segments.values().map(|s| s.end as i64).sum();
+            let active_base = st.active().base;
+            let mut doomed = Vec::new();
+            for s in st.segments.values().filter(|s| s.base != active_base) {
+                let by_time = cfg.retention_ms >= 0 && s.max_timestamp() < now_ms.saturating_sub(cfg.retention_ms);
+                let by_size = cfg.retention_bytes >= 0 && total - s.end as i64 >= cfg.retention_bytes;
+                let below_start = s.next_offset <= st.start_offset;
+                if !(by_time || by_size || below_start) {
+                    break;
+                }
+                total -= s.end as i64;
+                doomed.push(s.base);
+            }
+            doomed
+        };
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        self.drop_segments_locked(&doomed).await?;
+        Ok(doomed.len())
+    }
+
+    /// Removes leading segments: first the checkpoint stops naming them,
+    /// then their files go. Caller holds `io_lock`.
+    async fn drop_segments_locked(&self, doomed: &[Offset]) -> Result<()> {
+        let removed: Vec<Segment<S::File>> = {
+            let mut st = self.state.borrow_mut();
+            let removed: Vec<_> = doomed.iter().filter_map(|b| st.segments.remove(b)).collect();
+            let first = *st.segments.keys().next().expect("the active segment is never dropped");
+            st.start_offset = st.start_offset.max(first);
+            removed
+        };
+        let new_start = self.start_offset();
+        self.cache.remove_below(self.cache_id, new_start);
+        self.checkpoint_locked().await?;
+        for seg in removed {
+            info!(dir = %self.dir.display(), base = seg.base.0, "deleting segment");
+            let base = seg.base;
+            drop(seg);
+            remove_segment_files(&self.fs, &self.dir, base).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves the log start forward (DeleteRecords): offsets below it are no
+    /// longer readable, and whole segments below it are deleted. Durable on
+    /// return. `offset` may not pass the end offset.
+    pub async fn advance_start(&self, offset: Offset) -> Result<Offset> {
+        let _guard = self.io_lock.lock().await;
+        {
+            let st = self.state.borrow();
+            if offset > st.end_offset || offset < Offset::ZERO {
+                return Err(StorageError::OffsetOutOfRange {
+                    requested: offset,
+                    start: st.start_offset,
+                    end: st.end_offset,
+                });
+            }
+            if offset <= st.start_offset {
+                return Ok(st.start_offset);
+            }
+        }
+        // The checkpoint may only name a start that recovery will find
+        // durable data up to.
+        if self.durable_offset() < offset {
+            self.sync_locked().await?;
+        }
+        let doomed: Vec<Offset> = {
+            let mut st = self.state.borrow_mut();
+            st.start_offset = offset;
+            let active_base = st.active().base;
+            st.segments
+                .values()
+                .filter(|s| s.base != active_base && s.next_offset <= offset)
+                .map(|s| s.base)
+                .collect()
+        };
+        if doomed.is_empty() {
+            self.cache.remove_below(self.cache_id, offset);
+            self.checkpoint_locked().await?;
+        } else {
+            self.drop_segments_locked(&doomed).await?;
+        }
+        Ok(self.start_offset())
+    }
+
+    /// Drops every batch holding an offset at or past `offset`; the log then
+    /// ends with the last batch wholly below it. Durable on return.
+    pub async fn truncate_to(&self, offset: Offset) -> Result<()> {
+        let _guard = self.io_lock.lock().await;
+        if offset >= self.end_offset() {
+            return Ok(());
+        }
+        self.sync_locked().await?;
+        self.state.borrow_mut().appends_paused = true;
+        let result = self.truncate_inner(offset).await;
+        self.state.borrow_mut().appends_paused = false;
+        result
+    }
+
+    async fn truncate_inner(&self, offset: Offset) -> Result<()> {
+        // The segment that keeps the cut: the last one starting below the
+        // offset (or the first, which the log always keeps).
+        let (keep, doomed, file, path, index, end, opened_ms) = {
+            let st = self.state.borrow();
+            let first = *st.segments.keys().next().expect("one segment");
+            let keep = st.segments.range(..offset).next_back().map_or(first, |(b, _)| *b);
+            let doomed: Vec<Offset> = st.segments.keys().filter(|b| **b > keep).copied().collect();
+            let seg = &st.segments[&keep];
+            (
+                keep,
+                doomed,
+                seg.file.clone(),
+                seg.path.clone(),
+                seg.index.clone(),
+                seg.end,
+                seg.opened_ms,
+            )
+        };
+        let (cut_pos, cut_offset, cut_max_ts) = find_cut(file.as_ref(), &path, end, keep, offset).await?;
+        let mut index = index;
+        index.truncate(cut_pos, cut_max_ts);
+        let mut seg = Segment {
+            base: keep,
+            file,
+            path,
+            end: cut_pos,
+            next_offset: cut_offset,
+            index,
+            persisted_offset_entries: 0,
+            persisted_time_entries: 0,
+            opened_ms,
+        };
+        let config = self.config();
+        let writer = activate(&self.fs, &self.dir, &mut seg, &config).await?;
+        let removed: Vec<Segment<S::File>> = {
+            let mut st = self.state.borrow_mut();
+            let removed = doomed.iter().filter_map(|b| st.segments.remove(b)).collect();
+            st.segments.insert(keep, seg);
+            st.writer = writer;
+            st.end_offset = cut_offset;
+            st.durable_offset = cut_offset;
+            st.start_offset = st.start_offset.min(cut_offset);
+            st.durable_max_timestamp = cut_max_ts;
+            st.write_error = None;
+            st.check_invariants();
+            removed
+        };
+        self.cache.remove_from(self.cache_id, cut_offset);
+        self.checkpoint_locked().await?;
+        for seg in removed {
+            let base = seg.base;
+            drop(seg);
+            remove_segment_files(&self.fs, &self.dir, base).await?;
+        }
+        Ok(())
+    }
+
+    /// Syncs and checkpoints; further calls fail with `Closed`. Files close
+    /// when the log is dropped.
+    pub async fn close(&self) -> Result<()> {
+        let _guard = self.io_lock.lock().await;
+        if self.state.borrow().closed {
+            return Ok(());
+        }
+        self.sync_locked().await?;
+        self.checkpoint_locked().await?;
+        self.state.borrow_mut().closed = true;
+        Ok(())
+    }
+
+    /// Closes the log and deletes its directory (DeleteTopics).
+    pub async fn remove(&self) -> Result<()> {
+        let _guard = self.io_lock.lock().await;
+        self.state.borrow_mut().closed = true;
+        self.cache.remove_from(self.cache_id, Offset(i64::MIN));
+        self.fs
+            .remove_dir_all(&self.dir)
+            .await
+            .map_err(io_err("remove dir", &self.dir))
+    }
+
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        let st = self.state.borrow();
+        if !st.closed {
+            st.check_invariants();
+        }
+    }
+}
+
+fn clone_io_error(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+fn corrupt(path: &Path, position: u64, reason: FrameError) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        position,
+        reason,
+    }
+}
+
+fn last_offset_delta(batch: &[u8]) -> i32 {
+    i32::from_be_bytes([batch[23], batch[24], batch[25], batch[26]])
+}
+
+/// Position, offset and largest earlier timestamp of the first frame in a
+/// segment (based at `base`, data up to `end`) that holds an offset at or
+/// past `offset`; the end of the segment if none does.
+async fn find_cut<F: StorageFile>(
+    file: &F,
+    path: &Path,
+    end: u64,
+    base: Offset,
+    offset: Offset,
+) -> Result<(u64, Offset, i64)> {
+    // The largest timestamp before the cut is not stored per frame, so walk
+    // the headers from the start: truncation is rare and bounded by a segment.
+    let mut cursor = FrameCursor::new(file, 0, end, crate::segment::SCAN_CHUNK_BYTES);
+    let mut max_ts = i64::MIN;
+    let mut next = base;
+    while !cursor.at_limit() {
+        let at = cursor.position();
+        let header = cursor
+            .header()
+            .await
+            .map_err(io_err("read", path))?
+            .map_err(|reason| corrupt(path, at, reason))?;
+        if header.last_offset() >= offset {
+            return Ok((at, header.base_offset(), max_ts));
+        }
+        max_ts = max_ts.max(header.max_timestamp);
+        next = header.next_offset();
+        cursor.advance(&header);
+    }
+    Ok((end, next, max_ts))
+}
+
+async fn recover_segment<S: FileSystem>(
+    fs: &S,
+    dir: &Path,
+    base: Offset,
+    checkpointed: Option<&SegmentCheckpoint>,
+    config: &LogConfig,
+    now_ms: i64,
+) -> Result<Segment<S::File>> {
+    let path = segment_file(dir, base, LOG_SUFFIX);
+    let file = fs.open(&path, false).await.map_err(io_err("open", &path))?;
+    let size = file.size().await.map_err(io_err("stat", &path))?;
+    let mut resumed = None;
+    if let Some(cp) = checkpointed.filter(|cp| cp.end <= size) {
+        let offset_bytes = read_index_prefix(
+            fs,
+            dir,
+            base,
+            OFFSET_INDEX_SUFFIX,
+            cp.offset_index_entries as usize * OFFSET_ENTRY_BYTES,
+        )
+        .await?;
+        let time_bytes = read_index_prefix(
+            fs,
+            dir,
+            base,
+            TIME_INDEX_SUFFIX,
+            cp.time_index_entries as usize * TIME_ENTRY_BYTES,
+        )
+        .await?;
+        if let (Some(o), Some(t)) = (offset_bytes, time_bytes)
+            && let Some(index) = SegmentIndex::load(base, config.index_interval_bytes, &o, &t, cp.end, cp.max_timestamp)
+        {
+            resumed = Some((
+                index,
+                cp.end,
+                Offset(cp.next_offset),
+                cp.offset_index_entries,
+                cp.time_index_entries,
+            ));
+        } else {
+            warn!(path = %path.display(), "index missing or invalid: rebuilding it from the log");
+        }
+    }
+    let (mut index, from, next, persisted_offsets, persisted_times) =
+        resumed.unwrap_or_else(|| (SegmentIndex::new(base, config.index_interval_bytes), 0, base, 0, 0));
+    let outcome = scan_frames(&file, from, next, size, &mut index)
+        .await
+        .map_err(io_err("scan", &path))?;
+    if let Some(defect) = outcome.defect {
+        warn!(path = %path.display(), position = outcome.end, %defect, "log cut at a torn or corrupt frame");
+    }
+    Ok(Segment {
+        base,
+        file: Rc::new(file),
+        path,
+        end: outcome.end,
+        next_offset: outcome.next_offset,
+        persisted_offset_entries: persisted_offsets.min(index.offset_entries().len() as u32),
+        persisted_time_entries: persisted_times.min(index.time_entries().len() as u32),
+        index,
+        opened_ms: now_ms,
+    })
+}
+
+/// The first `bytes` of an index file; `None` if it is missing or shorter.
+async fn read_index_prefix<S: FileSystem>(
+    fs: &S,
+    dir: &Path,
+    base: Offset,
+    suffix: &str,
+    bytes: usize,
+) -> Result<Option<Bytes>> {
+    if bytes == 0 {
+        return Ok(Some(Bytes::new()));
+    }
+    let path = segment_file(dir, base, suffix);
+    if !fs.exists(&path).await {
+        return Ok(None);
+    }
+    let file = fs.open(&path, false).await.map_err(io_err("open index", &path))?;
+    let read = file.read_at(0, bytes).await;
+    let _ = file.close().await;
+    let prefix = read.map_err(io_err("read index", &path))?;
+    Ok((prefix.len() == bytes).then_some(prefix))
+}
+
+async fn create_segment<S: FileSystem>(
+    fs: &S,
+    dir: &Path,
+    base: Offset,
+    config: &LogConfig,
+    now_ms: i64,
+) -> Result<Segment<S::File>> {
+    let path = segment_file(dir, base, LOG_SUFFIX);
+    let file = fs.open(&path, true).await.map_err(io_err("create", &path))?;
+    // A file of that name may survive from before a truncation: start empty.
+    file.truncate(0).await.map_err(io_err("truncate", &path))?;
+    for suffix in [OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        let p = segment_file(dir, base, suffix);
+        let f = fs.open(&p, true).await.map_err(io_err("create", &p))?;
+        f.truncate(0).await.map_err(io_err("truncate", &p))?;
+        f.close().await.map_err(io_err("close", &p))?;
+    }
+    fs.sync_dir(dir).await.map_err(io_err("sync dir", dir))?;
+    Ok(Segment {
+        base,
+        file: Rc::new(file),
+        path,
+        end: 0,
+        next_offset: base,
+        index: SegmentIndex::new(base, config.index_interval_bytes),
+        persisted_offset_entries: 0,
+        persisted_time_entries: 0,
+        opened_ms: now_ms,
+    })
+}
+
+/// Opens the index files of a segment for appending after `offset_bytes` and
+/// `time_bytes` already in them.
+async fn new_writer<S: FileSystem>(
+    fs: &S,
+    dir: &Path,
+    seg: &Segment<S::File>,
+    config: &LogConfig,
+    offset_bytes: u64,
+    time_bytes: u64,
+) -> Result<ActiveWriter<S::File>> {
+    let index_config = crate::appender::AppenderConfig {
+        chunk_bytes_min: INDEX_CHUNK_BYTES,
+        chunk_bytes_max: INDEX_CHUNK_BYTES,
+        preallocate_bytes: INDEX_CHUNK_BYTES as u64,
+    };
+    let open_index = |suffix: &'static str| {
+        let p = segment_file(dir, seg.base, suffix);
+        async move {
+            let f = fs.open(&p, true).await.map_err(io_err("open index", &p))?;
+            let size = f.size().await.map_err(io_err("stat", &p))?;
+            Ok::<_, StorageError>((f, size, p))
+        }
+    };
+    let (offset_file, offset_size, offset_path) = open_index(OFFSET_INDEX_SUFFIX).await?;
+    let (time_file, time_size, time_path) = open_index(TIME_INDEX_SUFFIX).await?;
+    let offset_tail = read_tail_page(&offset_file, offset_bytes)
+        .await
+        .map_err(io_err("read index", &offset_path))?;
+    let time_tail = read_tail_page(&time_file, time_bytes)
+        .await
+        .map_err(io_err("read index", &time_path))?;
+    let tail = read_tail_page(seg.file.as_ref(), seg.end)
+        .await
+        .map_err(io_err("read", &seg.path))?;
+    let file_size = seg.file.size().await.map_err(io_err("stat", &seg.path))?;
+    Ok(ActiveWriter {
+        log: Appender::new(seg.file.as_ref(), config.appender, seg.end, &tail, file_size),
+        offset_index: Appender::new(&offset_file, index_config, offset_bytes, &offset_tail, offset_size),
+        offset_index_file: Rc::new(offset_file),
+        time_index: Appender::new(&time_file, index_config, time_bytes, &time_tail, time_size),
+        time_index_file: Rc::new(time_file),
+    })
+}
+
+/// Makes `seg` the active segment: removes every byte after its valid data
+/// (torn frames, stale frames from before a truncation, preallocated space),
+/// rewrites its index files from memory, and returns its writer.
+async fn activate<S: FileSystem>(
+    fs: &S,
+    dir: &Path,
+    seg: &mut Segment<S::File>,
+    config: &LogConfig,
+) -> Result<ActiveWriter<S::File>> {
+    let path = seg.path.clone();
+    let file = seg.file.clone();
+    file.truncate(align_up(seg.end))
+        .await
+        .map_err(io_err("truncate", &path))?;
+    // Rewrite the index files with exactly the in-memory entries.
+    let offset_bytes: Vec<u8> = seg.index.offset_entries().iter().flat_map(|e| e.encode()).collect();
+    let time_bytes: Vec<u8> = seg.index.time_entries().iter().flat_map(|e| e.encode()).collect();
+    for suffix in [OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        let p = segment_file(dir, seg.base, suffix);
+        let f = fs.open(&p, true).await.map_err(io_err("open index", &p))?;
+        f.truncate(0).await.map_err(io_err("truncate index", &p))?;
+        f.close().await.map_err(io_err("close index", &p))?;
+    }
+    let mut writer = new_writer(fs, dir, seg, config, 0, 0).await?;
+    writer.offset_index.append(&writer.offset_index_file, &offset_bytes);
+    writer.time_index.append(&writer.time_index_file, &time_bytes);
+    // Zero the rest of the last page and make the cut durable.
+    let job = writer.log.seal(file.as_ref());
+    let result = run_job(file.as_ref(), &job).await;
+    writer.log.finish(job, &result);
+    result.map_err(io_err("sync", &path))?;
+    file.sync_data().await.map_err(io_err("sync", &path))?;
+    for (w, f, p) in [
+        (
+            &mut writer.offset_index,
+            writer.offset_index_file.clone(),
+            OFFSET_INDEX_SUFFIX,
+        ),
+        (
+            &mut writer.time_index,
+            writer.time_index_file.clone(),
+            TIME_INDEX_SUFFIX,
+        ),
+    ] {
+        let job = w.seal(f.as_ref());
+        let result = run_job(f.as_ref(), &job).await;
+        w.finish(job, &result);
+        result.map_err(io_err("sync index", &segment_file(dir, seg.base, p)))?;
+    }
+    fs.sync_dir(dir).await.map_err(io_err("sync dir", dir))?;
+    seg.persisted_offset_entries = seg.index.offset_entries().len() as u32;
+    seg.persisted_time_entries = seg.index.time_entries().len() as u32;
+    Ok(writer)
+}
+
+/// Rewrites a sealed segment's index files if memory holds more entries than
+/// they do.
+async fn persist_full_index<S: FileSystem>(fs: &S, dir: &Path, seg: &mut Segment<S::File>) -> Result<()> {
+    let offsets = seg.index.offset_entries();
+    let times = seg.index.time_entries();
+    if seg.persisted_offset_entries as usize == offsets.len() && seg.persisted_time_entries as usize == times.len() {
+        return Ok(());
+    }
+    let offset_bytes: Vec<u8> = offsets.iter().flat_map(|e| e.encode()).collect();
+    let time_bytes: Vec<u8> = times.iter().flat_map(|e| e.encode()).collect();
+    for (suffix, bytes) in [(OFFSET_INDEX_SUFFIX, offset_bytes), (TIME_INDEX_SUFFIX, time_bytes)] {
+        let p = segment_file(dir, seg.base, suffix);
+        write_file_atomic(fs, &p, &bytes)
+            .await
+            .map_err(io_err("write index", &p))?;
+    }
+    seg.persisted_offset_entries = offsets.len() as u32;
+    seg.persisted_time_entries = times.len() as u32;
+    Ok(())
+}
+
+/// Trims the index files of a writer that is done to their data (giving
+/// back preallocated space) and closes them.
+async fn close_writer<F: StorageFile>(writer: ActiveWriter<F>) {
+    let ActiveWriter {
+        offset_index,
+        offset_index_file,
+        time_index,
+        time_index_file,
+        ..
+    } = writer;
+    for (appender, file) in [(offset_index, offset_index_file), (time_index, time_index_file)] {
+        let _ = file.truncate(align_up(appender.end())).await;
+        if let Ok(f) = Rc::try_unwrap(file) {
+            let _ = f.close().await;
+        }
+    }
+}
+
+async fn remove_segment_files<S: FileSystem>(fs: &S, dir: &Path, base: Offset) -> Result<()> {
+    for suffix in [LOG_SUFFIX, OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        let p = segment_file(dir, base, suffix);
+        if fs.exists(&p).await {
+            fs.remove(&p).await.map_err(io_err("remove", &p))?;
+        }
+    }
+    fs.sync_dir(dir).await.map_err(io_err("sync dir", dir))
+}

@@ -1,0 +1,471 @@
+//! The log's behaviour over the simulated disk: append, read, roll,
+//! retention, truncation, lookups, reopen.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use sluice_storage::batch::build_batch;
+use sluice_storage::io::sim::{SimFaults, SimFileSystem, SimRng};
+use sluice_storage::testing::block_on;
+use sluice_storage::{BatchCache, Log, LogConfig, Offset, ReadLimits, StorageError};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn open(fs: &SimFileSystem, config: LogConfig, now_ms: i64) -> Log<SimFileSystem> {
+    block_on(Log::open(fs.clone(), dir(), config, BatchCache::new(1 << 20), now_ms)).expect("open")
+}
+
+/// Appends `count` random batches at timestamp `ts`, recording them.
+fn fill(log: &Log<SimFileSystem>, model: &mut Model, rng: &mut SimRng, count: usize, ts: i64) {
+    block_on(async {
+        for _ in 0..count {
+            let b = random_batch(rng, ts);
+            let info = log.append(b.clone(), ts).await.expect("append");
+            model.record(info.base_offset, &b);
+        }
+        log.sync().await.expect("sync");
+    });
+}
+
+#[test]
+fn appends_assign_contiguous_offsets_and_read_back_byte_exact() {
+    let fs = SimFileSystem::reliable(1);
+    let log = open(&fs, small_config(), T0);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(1);
+    block_on(async {
+        let mut expected_base = 0;
+        for _ in 0..300 {
+            let b = random_batch(&mut rng, T0);
+            let info = log.append(b.clone(), T0).await.unwrap();
+            assert_eq!(info.base_offset, Offset(expected_base));
+            assert_eq!(info.last_offset, Offset(expected_base + last_delta(&b)));
+            expected_base = info.last_offset.0 + 1;
+            model.record(info.base_offset, &b);
+        }
+        assert_eq!(log.sync().await.unwrap(), Offset(expected_base));
+        assert_matches(&log, &model).await;
+        log.check_invariants();
+        assert!(log.stats().segment_count > 3, "small segments should have rolled");
+    });
+}
+
+#[test]
+fn a_read_from_inside_a_batch_returns_that_whole_batch() {
+    let fs = SimFileSystem::reliable(2);
+    let log = open(&fs, small_config(), T0);
+    block_on(async {
+        let a = Bytes::from(build_batch(5, 20, T0));
+        let b = Bytes::from(build_batch(3, 20, T0));
+        log.append(a, T0).await.unwrap();
+        log.append(b, T0).await.unwrap();
+        log.sync().await.unwrap();
+        for from in 0..5 {
+            let got = log.read(Offset(from), everything()).await.unwrap();
+            assert_eq!(got.len(), 2);
+            assert_eq!(base_of(&got[0]), 0);
+        }
+        let got = log.read(Offset(6), everything()).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(base_of(&got[0]), 5);
+    });
+}
+
+#[test]
+fn the_end_reads_empty_and_outside_the_log_is_out_of_range() {
+    let fs = SimFileSystem::reliable(3);
+    let log = open(&fs, small_config(), T0);
+    block_on(async {
+        log.append(Bytes::from(build_batch(2, 5, T0)), T0).await.unwrap();
+        log.sync().await.unwrap();
+        assert!(log.read(Offset(2), everything()).await.unwrap().is_empty());
+        assert!(matches!(
+            log.read(Offset(3), everything()).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        log.advance_start(Offset(1)).await.unwrap();
+        assert!(matches!(
+            log.read(Offset(0), everything()).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        // Offset 1 is inside the first batch: it is still served whole.
+        assert_eq!(log.read(Offset(1), everything()).await.unwrap().len(), 1);
+    });
+}
+
+#[test]
+fn reads_never_pass_the_durable_offset() {
+    let fs = SimFileSystem::reliable(4);
+    let log = open(&fs, small_config(), T0);
+    block_on(async {
+        log.append(Bytes::from(build_batch(1, 5, T0)), T0).await.unwrap();
+        log.sync().await.unwrap();
+        log.append(Bytes::from(build_batch(1, 5, T0)), T0).await.unwrap();
+        assert_eq!(log.durable_offset(), Offset(1));
+        assert_eq!(log.end_offset(), Offset(2));
+        assert_eq!(log.read(Offset(0), everything()).await.unwrap().len(), 1);
+        assert!(log.read(Offset(1), everything()).await.unwrap().is_empty());
+        log.wait_durable(Offset(2)).await.unwrap();
+        assert_eq!(log.read(Offset(1), everything()).await.unwrap().len(), 1);
+    });
+}
+
+#[test]
+fn byte_limits_are_respected_but_one_batch_always_fits_when_asked() {
+    let fs = SimFileSystem::reliable(5);
+    let log = open(&fs, small_config(), T0);
+    block_on(async {
+        for _ in 0..10 {
+            log.append(Bytes::from(build_batch(1, 1000, T0)), T0).await.unwrap();
+        }
+        log.sync().await.unwrap();
+        let one_size = log.read(Offset(0), everything()).await.unwrap()[0].len();
+        let limits = |bytes_max, min_one| ReadLimits {
+            bytes_max,
+            upper: Offset(100),
+            min_one,
+        };
+        assert_eq!(log.read(Offset(0), limits(one_size * 3, true)).await.unwrap().len(), 3);
+        assert_eq!(
+            log.read(Offset(0), limits(one_size * 3 - 1, true)).await.unwrap().len(),
+            2
+        );
+        assert_eq!(log.read(Offset(0), limits(10, true)).await.unwrap().len(), 1);
+        assert!(log.read(Offset(0), limits(10, false)).await.unwrap().is_empty());
+        let upper = ReadLimits {
+            bytes_max: usize::MAX / 2,
+            upper: Offset(4),
+            min_one: true,
+        };
+        assert_eq!(log.read(Offset(0), upper).await.unwrap().len(), 4);
+    });
+}
+
+#[test]
+fn segments_roll_by_size_and_by_age() {
+    let fs = SimFileSystem::reliable(6);
+    let mut config = small_config();
+    config.segment_ms = 60_000;
+    let log = open(&fs, config, T0);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(6);
+    fill(&log, &mut model, &mut rng, 10, T0);
+    assert_eq!(log.stats().segment_count, 1);
+    // Age: the next append after segment.ms rolls.
+    fill(&log, &mut model, &mut rng, 1, T0 + 60_000);
+    assert_eq!(log.stats().segment_count, 2);
+    // Size: 64 KiB segments fill up.
+    fill(&log, &mut model, &mut rng, 400, T0 + 60_000);
+    let stats = log.stats();
+    assert!(stats.segment_count > 4);
+    assert!(stats.size_bytes / (stats.segment_count as u64 - 1) <= 64 << 10);
+    block_on(assert_matches(&log, &model));
+    log.check_invariants();
+}
+
+#[test]
+fn retention_by_size_deletes_oldest_segments_and_moves_the_start() {
+    let fs = SimFileSystem::reliable(7);
+    let mut config = small_config();
+    config.retention_bytes = 150 << 10;
+    let log = open(&fs, config, T0);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(7);
+    fill(&log, &mut model, &mut rng, 1200, T0);
+    let before = log.stats();
+    let deleted = block_on(log.enforce_retention(T0)).unwrap();
+    let after = log.stats();
+    assert!(deleted > 0);
+    assert_eq!(after.segment_count, before.segment_count - deleted);
+    assert!(after.size_bytes <= (150 << 10) + (64 << 10));
+    assert!(after.size_bytes >= 150 << 10 || after.segment_count == 1);
+    assert!(after.start_offset > Offset(0));
+    model.forget_below(after.start_offset);
+    block_on(assert_matches(&log, &model));
+    // Deleted segment files are gone from the disk.
+    let logs = fs
+        .file_names()
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .count();
+    assert_eq!(logs, after.segment_count);
+}
+
+#[test]
+fn retention_by_time_uses_the_newest_timestamp_and_can_empty_the_log() {
+    let fs = SimFileSystem::reliable(8);
+    let mut config = small_config();
+    config.retention_ms = 1000;
+    let log = open(&fs, config, T0);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(8);
+    fill(&log, &mut model, &mut rng, 300, T0);
+    fill(&log, &mut model, &mut rng, 300, T0 + 5000);
+    // At T0 + 5500 the old batches have expired, the new ones have not.
+    let deleted = block_on(log.enforce_retention(T0 + 5500)).unwrap();
+    assert!(deleted > 0);
+    let start = log.start_offset();
+    assert!(start > Offset(0));
+    model.forget_below(start);
+    block_on(assert_matches(&log, &model));
+    // Much later everything has expired, the active segment too.
+    block_on(log.enforce_retention(T0 + 100_000)).unwrap();
+    assert_eq!(log.start_offset(), log.end_offset());
+    assert_eq!(log.stats().segment_count, 1);
+    assert!(block_on(read_all(&log)).is_empty());
+    // And the log goes on from where it was.
+    let end = log.end_offset();
+    let info = block_on(log.append(Bytes::from(build_batch(1, 1, T0 + 100_000)), T0 + 100_000)).unwrap();
+    assert_eq!(info.base_offset, end);
+}
+
+#[test]
+fn truncation_drops_the_suffix_across_segments_and_appends_continue() {
+    let fs = SimFileSystem::reliable(9);
+    let log = open(&fs, small_config(), T0);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(9);
+    fill(&log, &mut model, &mut rng, 500, T0);
+    // Cut at a batch boundary somewhere in an early segment.
+    let cut = *model.batches.keys().nth(120).unwrap();
+    block_on(log.truncate_to(Offset(cut))).unwrap();
+    model.cut(Offset(cut));
+    assert_eq!(log.end_offset(), Offset(cut));
+    block_on(assert_matches(&log, &model));
+    fill(&log, &mut model, &mut rng, 50, T0);
+    block_on(assert_matches(&log, &model));
+    log.check_invariants();
+    // The truncation is durable: it survives a crash.
+    let crashed = fs.crash();
+    let log = open(&crashed, small_config(), T0);
+    block_on(assert_matches(&log, &model));
+}
+
+#[test]
+fn truncation_inside_a_batch_removes_that_whole_batch() {
+    let fs = SimFileSystem::reliable(10);
+    let log = open(&fs, small_config(), T0);
+    block_on(async {
+        log.append(Bytes::from(build_batch(4, 5, T0)), T0).await.unwrap();
+        log.append(Bytes::from(build_batch(4, 5, T0)), T0).await.unwrap();
+        log.sync().await.unwrap();
+        log.truncate_to(Offset(6)).await.unwrap();
+        assert_eq!(log.end_offset(), Offset(4));
+        let info = log.append(Bytes::from(build_batch(1, 5, T0)), T0).await.unwrap();
+        assert_eq!(info.base_offset, Offset(4));
+    });
+}
+
+#[test]
+fn advancing_the_start_deletes_whole_segments_below_it() {
+    let fs = SimFileSystem::reliable(11);
+    let log = open(&fs, small_config(), T0);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(11);
+    fill(&log, &mut model, &mut rng, 400, T0);
+    let segments = log.stats().segment_count;
+    let target = Offset(model.end().0 / 2);
+    assert_eq!(block_on(log.advance_start(target)).unwrap(), target);
+    assert!(log.stats().segment_count < segments);
+    model.forget_below(target);
+    block_on(assert_matches(&log, &model));
+    assert!(matches!(
+        block_on(log.advance_start(Offset(log.end_offset().0 + 1))),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    // The start survives a crash.
+    let crashed = fs.crash();
+    let log = open(&crashed, small_config(), T0);
+    assert_eq!(log.start_offset(), target);
+}
+
+#[test]
+fn timestamp_lookup_finds_the_first_batch_at_or_after() {
+    let fs = SimFileSystem::reliable(12);
+    let log = open(&fs, small_config(), T0);
+    block_on(async {
+        // Batch i has timestamp T0 + 10 * i, one record each.
+        for i in 0..800 {
+            log.append(Bytes::from(build_batch(1, 100, T0 + 10 * i)), T0)
+                .await
+                .unwrap();
+        }
+        log.sync().await.unwrap();
+        for (ts, expected) in [(T0 - 5, 0), (T0, 0), (T0 + 1, 1), (T0 + 4000, 400), (T0 + 7990, 799)] {
+            let hit = log.find_by_timestamp(ts).await.unwrap().expect("a hit");
+            assert_eq!(hit.base_offset, Offset(expected), "timestamp {ts}");
+            assert_eq!(base_of(&hit.batch), expected);
+        }
+        assert!(log.find_by_timestamp(T0 + 7991).await.unwrap().is_none());
+    });
+}
+
+#[test]
+fn reopening_after_close_keeps_everything_and_reads_little() {
+    let fs = SimFileSystem::reliable(13);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(13);
+    {
+        let log = open(&fs, small_config(), T0);
+        fill(&log, &mut model, &mut rng, 1000, T0);
+        block_on(log.close()).unwrap();
+        assert!(matches!(
+            block_on(log.append(Bytes::from(build_batch(1, 1, T0)), T0)),
+            Err(StorageError::Closed)
+        ));
+    }
+    let read_before = fs.bytes_read();
+    let log = open(&fs, small_config(), T0);
+    let opening_read = fs.bytes_read() - read_before;
+    let size = log.stats().size_bytes;
+    // A clean reopen reads indexes and the checkpoint, not the segments.
+    assert!(opening_read < size / 4, "open read {opening_read} of {size} bytes");
+    block_on(assert_matches(&log, &model));
+}
+
+#[test]
+fn recovery_after_a_crash_scans_only_what_followed_the_checkpoint() {
+    let fs = SimFileSystem::reliable(14);
+    let mut config = small_config();
+    config.segment_bytes = 4 << 20;
+    config.checkpoint_interval_bytes = 256 << 10;
+    config.write_buffer_bytes_max = 1 << 20;
+    let mut model = Model::default();
+    let mut rng = SimRng::new(14);
+    let log = open(&fs, config, T0);
+    fill(&log, &mut model, &mut rng, 6000, T0);
+    let size = log.stats().size_bytes;
+    assert!(size > 2 << 20);
+    let crashed = fs.crash();
+    let log = open(&crashed, config, T0);
+    let opening_read = crashed.bytes_read();
+    // At most one checkpoint interval, plus chunk rounding and indexes.
+    assert!(
+        opening_read < (256 << 10) + (2 << 20) / 2,
+        "recovery read {opening_read} bytes of a {size}-byte log"
+    );
+    block_on(assert_matches(&log, &model));
+}
+
+#[test]
+fn missing_or_damaged_indexes_are_rebuilt_from_the_log() {
+    let fs = SimFileSystem::reliable(15);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(15);
+    {
+        let log = open(&fs, small_config(), T0);
+        fill(&log, &mut model, &mut rng, 600, T0);
+        block_on(log.close()).unwrap();
+    }
+    let indexes: Vec<_> = fs
+        .file_names()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "index" || e == "timeindex"))
+        .collect();
+    assert!(indexes.len() >= 4);
+    // Damage one index, delete another.
+    let damaged = &indexes[0];
+    let len = fs.contents(damaged).unwrap().len() as u64;
+    assert!(len > 8);
+    fs.flip_bit(damaged, 3, 7).unwrap();
+    block_on(async { sluice_storage::io::FileSystem::remove(&fs, &indexes[2]).await.unwrap() });
+    let log = open(&fs, small_config(), T0);
+    block_on(assert_matches(&log, &model));
+    // Lookups from inside every batch still land on the right batch.
+    block_on(async {
+        for (base, b) in model.batches.iter().step_by(7) {
+            let inside = Offset(base + last_delta(b));
+            let got = log.read(inside, everything()).await.unwrap();
+            assert_eq!(base_of(&got[0]), *base);
+        }
+    });
+}
+
+#[test]
+fn invalid_and_oversized_batches_are_refused() {
+    let fs = SimFileSystem::reliable(16);
+    let log = open(&fs, small_config(), T0);
+    block_on(async {
+        let mut bad = build_batch(1, 5, T0);
+        bad[16] = 1; // magic 1
+        assert!(matches!(
+            log.append(Bytes::from(bad), T0).await,
+            Err(StorageError::InvalidBatch(_))
+        ));
+        let huge = Bytes::from(build_batch(1, 70 << 10, T0));
+        assert!(matches!(
+            log.append(huge, T0).await,
+            Err(StorageError::BatchTooLarge { .. })
+        ));
+        assert_eq!(log.end_offset(), Offset(0));
+    });
+}
+
+#[test]
+fn a_full_disk_fails_appends_cleanly_and_they_resume_once_space_is_freed() {
+    let fs = SimFileSystem::reliable(17);
+    let log = open(&fs, small_config(), T0);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(17);
+    fill(&log, &mut model, &mut rng, 100, T0);
+    fs.set_capacity(Some(fs.used_bytes()));
+    block_on(async {
+        let mut saw_no_space = false;
+        for _ in 0..400 {
+            let b = random_batch(&mut rng, T0);
+            match log.append(b.clone(), T0).await {
+                Ok(info) => {
+                    model.record(info.base_offset, &b);
+                    if let Err(e) = log.wait_durable(info.last_offset.plus(1)).await {
+                        assert!(matches!(e, StorageError::NoSpace { .. }), "{e}");
+                        saw_no_space = true;
+                    }
+                }
+                Err(e) => {
+                    assert!(matches!(e, StorageError::NoSpace { .. }), "{e}");
+                    saw_no_space = true;
+                }
+            }
+        }
+        assert!(saw_no_space);
+        // Reads of durable data work while the disk is full.
+        let durable = log.durable_offset();
+        let got = read_all(&log).await;
+        assert_eq!(got.last().map(|b| base_of(b) + last_delta(b) + 1), Some(durable.0));
+        fs.set_capacity(None);
+        let b = random_batch(&mut rng, T0);
+        let info = log.append(b.clone(), T0).await.expect("append after space freed");
+        model.record(info.base_offset, &b);
+        log.sync().await.unwrap();
+        assert_matches(&log, &model).await;
+    });
+}
+
+#[test]
+fn a_failed_sync_is_reported_and_retried() {
+    let fs = SimFileSystem::reliable(18);
+    let log = open(&fs, small_config(), T0);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(18);
+    fill(&log, &mut model, &mut rng, 20, T0);
+    block_on(async {
+        let b = random_batch(&mut rng, T0);
+        let info = log.append(b.clone(), T0).await.unwrap();
+        model.record(info.base_offset, &b);
+        fs.set_faults(SimFaults {
+            sync_eio_ppm: 1_000_000,
+            ..SimFaults::default()
+        });
+        let err = log.sync().await.unwrap_err();
+        assert!(matches!(err, StorageError::Io { .. }), "{err}");
+        assert!(log.durable_offset() <= info.base_offset);
+        fs.set_faults(SimFaults::default());
+        log.sync().await.unwrap();
+        assert_matches(&log, &model).await;
+    });
+    // What the retry made durable survives a crash.
+    let crashed = fs.crash();
+    let log = open(&crashed, small_config(), T0);
+    block_on(assert_matches(&log, &model));
+}
