@@ -20,21 +20,22 @@ use crate::io::{ALIGN, IoBuffer, StorageFile, align_down, align_up, write_all_at
 use crate::local_sync::join_bounded;
 
 /// Writes of one sync issued to the device at once.
-pub const WRITES_IN_FLIGHT_MAX: usize = 4;
+pub const WRITES_IN_FLIGHT_MAX: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppenderConfig {
-    /// First buffer of a chain; later ones double up to `chunk_bytes_max`.
-    pub chunk_bytes_min: usize,
-    pub chunk_bytes_max: usize,
+    /// Size of each buffer of the chain, and of each write.
+    pub chunk_bytes: usize,
+    /// Whole buffers kept for reuse after their write, so steady appends
+    /// allocate (and page-fault) nothing.
+    pub pooled_chunks_max: usize,
     /// File space is reserved in steps of this many bytes.
     pub preallocate_bytes: u64,
 }
 
 impl AppenderConfig {
     pub fn validate(&self) {
-        assert!(self.chunk_bytes_min >= ALIGN && self.chunk_bytes_min % ALIGN == 0);
-        assert!(self.chunk_bytes_max >= self.chunk_bytes_min && self.chunk_bytes_max % ALIGN == 0);
+        assert!(self.chunk_bytes >= ALIGN && self.chunk_bytes % ALIGN == 0);
         assert!(self.preallocate_bytes >= ALIGN as u64 && self.preallocate_bytes % ALIGN as u64 == 0);
     }
 }
@@ -62,12 +63,16 @@ pub struct Appender<F: StorageFile> {
     last_fill: usize,
     /// Logical end of the data, durable or not.
     end: u64,
+    /// `end` at the last seal: bytes past it are in the chain being filled.
+    sealed_end: u64,
     durable_end: u64,
     /// Writes of failed syncs, one stage per seal, oldest first; repeated
     /// by the next sync before its own.
     unsynced: Vec<Vec<(u64, Rc<F::Buffer>)>>,
     /// File bytes reserved (the file's size, with `keep_size = false`).
     allocated: u64,
+    /// Whole, written buffers ready for reuse.
+    pool: Vec<F::Buffer>,
 }
 
 impl<F: StorageFile> Appender<F> {
@@ -84,9 +89,11 @@ impl<F: StorageFile> Appender<F> {
             chain: Vec::new(),
             last_fill: 0,
             end: chain_pos,
+            sealed_end: end,
             durable_end: end,
             unsynced: Vec::new(),
             allocated: file_bytes,
+            pool: Vec::new(),
         };
         appender.copy_in(file, tail);
         assert_eq!(appender.end, end);
@@ -106,6 +113,12 @@ impl<F: StorageFile> Appender<F> {
         self.end - self.durable_end
     }
 
+    /// Bytes appended since the last seal: the buffer being filled, not
+    /// counting a sync in flight.
+    pub fn unsealed_bytes(&self) -> u64 {
+        self.end - self.sealed_end
+    }
+
     pub fn append(&mut self, file: &F, bytes: &[u8]) {
         self.copy_in(file, bytes);
     }
@@ -114,11 +127,11 @@ impl<F: StorageFile> Appender<F> {
         while !bytes.is_empty() {
             let full = self.chain.last().is_none_or(|b| self.last_fill == b.as_slice().len());
             if full {
-                let size = match self.chain.last() {
-                    None => self.config.chunk_bytes_min,
-                    Some(b) => (b.as_slice().len() * 2).min(self.config.chunk_bytes_max),
-                };
-                self.chain.push(file.alloc_buffer(size));
+                let buf = self
+                    .pool
+                    .pop()
+                    .unwrap_or_else(|| file.alloc_buffer(self.config.chunk_bytes));
+                self.chain.push(buf);
                 self.last_fill = 0;
             }
             let buf = self.chain.last_mut().expect("a buffer was just ensured");
@@ -164,6 +177,7 @@ impl<F: StorageFile> Appender<F> {
         }
         assert_eq!(self.end, resume_end);
 
+        self.sealed_end = self.end;
         let mut stages = std::mem::take(&mut self.unsynced);
         stages.push(writes);
         let needed = align_up(self.end);
@@ -187,6 +201,14 @@ impl<F: StorageFile> Appender<F> {
                 if let Some(to) = job.allocate_to {
                     self.allocated = self.allocated.max(to);
                 }
+                for (_, buf) in job.stages.into_iter().flatten() {
+                    if self.pool.len() < self.config.pooled_chunks_max
+                        && let Ok(buf) = Rc::try_unwrap(buf)
+                        && buf.as_slice().len() == self.config.chunk_bytes
+                    {
+                        self.pool.push(buf);
+                    }
+                }
             }
             Err(_) => {
                 // Keep every write for the next attempt, in seal order.
@@ -194,11 +216,6 @@ impl<F: StorageFile> Appender<F> {
                 self.unsynced = job.stages.into_iter().filter(|s| !s.is_empty()).collect();
             }
         }
-    }
-
-    /// Drops all unwritten state and continues at `end` (after a truncation).
-    pub fn reset(&mut self, file: &F, end: u64, tail: &[u8], file_bytes: u64) {
-        *self = Appender::new(file, self.config, end, tail, file_bytes);
     }
 }
 

@@ -2,32 +2,54 @@
 //! shard. Direct I/O bypasses the page cache, so without it every consumer
 //! reading near the tail would go to the disk for bytes written a moment ago.
 //!
-//! Entries are evicted oldest-appended first once `bytes_max` is passed.
+//! Entries are evicted (about) oldest-appended first once `bytes_max` is
+//! passed. Insertion and eviction are O(1); a lookup is a binary search in
+//! one log's entries.
 //! Cached batches are the exact stored payloads (base offset assigned), so a
 //! hit is served with no copy.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use bytes::Bytes;
 
 use crate::batch::BATCH_HEADER_BYTES;
 use crate::offset::Offset;
+use crate::served::ServedBatch;
 
 /// Identifies one log's entries in the shared cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CacheLogId(u64);
+pub struct CacheLogId(u32);
+
+struct Cached {
+    base: i64,
+    last: i64,
+    leader_epoch: i32,
+    /// As the producer sent it: the head is assigned when served.
+    batch: Bytes,
+}
 
 struct CacheState {
     bytes_max: usize,
     bytes: usize,
-    next_log_id: u64,
-    entries: BTreeMap<(CacheLogId, i64), Bytes>,
-    /// Insertion order, for eviction. May hold keys already removed.
-    order: VecDeque<(CacheLogId, i64)>,
+    /// Each log's cached batches in offset order (appends only grow a log,
+    /// so this is also the order they came in). Indexed by `CacheLogId`.
+    logs: Vec<Option<VecDeque<Cached>>>,
+    /// Which log each insertion went to, oldest first: eviction pops the
+    /// front log's oldest batch. After truncation or retention removed
+    /// batches it names logs with fewer entries; eviction then takes that
+    /// log's oldest remaining batch, or nothing, which keeps it approximate
+    /// FIFO and the byte count exact.
+    order: VecDeque<CacheLogId>,
     hits: u64,
     misses: u64,
+}
+
+impl CacheState {
+    fn entries(&mut self, log: CacheLogId) -> &mut VecDeque<Cached> {
+        self.logs[log.0 as usize].as_mut().expect("a registered log")
+    }
 }
 
 #[derive(Clone)]
@@ -45,8 +67,7 @@ impl BatchCache {
             state: Rc::new(RefCell::new(CacheState {
                 bytes_max,
                 bytes: 0,
-                next_log_id: 0,
-                entries: BTreeMap::new(),
+                logs: Vec::new(),
                 order: VecDeque::new(),
                 hits: 0,
                 misses: 0,
@@ -56,66 +77,83 @@ impl BatchCache {
 
     pub fn register(&self) -> CacheLogId {
         let mut st = self.state.borrow_mut();
-        st.next_log_id += 1;
-        CacheLogId(st.next_log_id)
+        st.logs.push(Some(VecDeque::new()));
+        CacheLogId(u32::try_from(st.logs.len() - 1).expect("fewer than 4G logs per shard"))
     }
 
-    pub fn insert(&self, log: CacheLogId, base: Offset, batch: Bytes) {
+    /// Forgets a log for good (it was closed or deleted).
+    pub fn unregister(&self, log: CacheLogId) {
+        let mut st = self.state.borrow_mut();
+        if let Some(entries) = st.logs[log.0 as usize].take() {
+            st.bytes -= entries.iter().map(|c| c.batch.len()).sum::<usize>();
+        }
+    }
+
+    /// Caches a batch just appended to `log` (bytes as received; base offset
+    /// and epoch as assigned); bases must increase per log.
+    pub fn insert(&self, log: CacheLogId, base: Offset, leader_epoch: i32, batch: Bytes) {
         assert!(batch.len() >= BATCH_HEADER_BYTES);
         let mut st = self.state.borrow_mut();
         if batch.len() > st.bytes_max {
             return;
         }
+        let last = base.0 + i64::from(last_offset_delta(&batch));
         st.bytes += batch.len();
-        if let Some(old) = st.entries.insert((log, base.0), batch) {
-            st.bytes -= old.len();
-        }
-        st.order.push_back((log, base.0));
+        let entries = st.entries(log);
+        assert!(
+            entries.back().is_none_or(|c| c.last < base.0),
+            "cache inserts must follow the log"
+        );
+        entries.push_back(Cached {
+            base: base.0,
+            last,
+            leader_epoch,
+            batch,
+        });
+        st.order.push_back(log);
         while st.bytes > st.bytes_max {
-            let Some(key) = st.order.pop_front() else { break };
-            if let Some(evicted) = st.entries.remove(&key) {
-                st.bytes -= evicted.len();
+            let Some(victim) = st.order.pop_front() else { break };
+            let evicted = st.logs[victim.0 as usize].as_mut().and_then(|e| e.pop_front());
+            if let Some(c) = evicted {
+                st.bytes -= c.batch.len();
             }
         }
-        // Keys of entries removed by truncation linger in `order`; drop them
-        // before they outnumber live entries.
-        if st.order.len() > 2 * st.entries.len() + 1024 {
-            let CacheState { order, entries, .. } = &mut *st;
-            order.retain(|k| entries.contains_key(k));
+        // Names of logs whose batches left by truncation or unregistering
+        // linger in `order`; keep it from outgrowing the entries.
+        let live: usize = st.logs.iter().flatten().map(|e| e.len()).sum::<usize>();
+        if st.order.len() > 2 * live + 1024 {
+            let CacheState { order, logs, .. } = &mut *st;
+            order.retain(|id| logs[id.0 as usize].is_some());
         }
     }
 
     /// Consecutive cached batches of `log` starting with the one that holds
     /// `from`, none starting at or past `upper`, within `bytes_max` (the
     /// first batch counts even if larger when `min_one`). Empty on a miss.
-    pub fn read(&self, log: CacheLogId, from: Offset, upper: Offset, bytes_max: usize, min_one: bool) -> Vec<Bytes> {
+    pub fn read(
+        &self,
+        log: CacheLogId,
+        from: Offset,
+        upper: Offset,
+        bytes_max: usize,
+        min_one: bool,
+    ) -> Vec<ServedBatch> {
         let mut st = self.state.borrow_mut();
         let mut out = Vec::new();
-        let mut next = from;
+        let entries = st.entries(log);
+        let first = entries.partition_point(|c| c.last < from.0);
         let mut bytes = 0usize;
-        let first = st
-            .entries
-            .range(..=(log, from.0))
-            .next_back()
-            .map(|((l, b), _)| (*l, *b));
-        let Some((l, start)) = first.filter(|(l, _)| *l == log) else {
-            st.misses += 1;
-            return out;
-        };
-        for ((_, base), batch) in st.entries.range((l, start)..(log, upper.0)) {
-            if *base > next.0 || out.len() == BATCHES_PER_READ_MAX {
-                break; // a gap: the rest comes from the disk
+        let mut next = from.0;
+        for c in entries.range(first..) {
+            if c.base > next || c.base >= upper.0 || out.len() == BATCHES_PER_READ_MAX {
+                break; // a gap (the rest comes from the disk), or the limit
             }
-            let last = Offset(*base + i64::from(last_offset_delta(batch)));
-            if last < next {
-                break; // `from` is past this batch and the next one is missing
-            }
-            if bytes + batch.len() > bytes_max && !(min_one && out.is_empty()) {
+            if bytes + c.batch.len() > bytes_max && !(min_one && out.is_empty()) {
                 break;
             }
-            bytes += batch.len();
-            out.push(batch.clone());
-            next = last.plus(1);
+            bytes += c.batch.len();
+            out.push(ServedBatch::new(Offset(c.base), c.leader_epoch, c.batch.clone()));
+            next = c.last + 1;
         }
         if out.is_empty() {
             st.misses += 1;
@@ -125,24 +163,26 @@ impl BatchCache {
         out
     }
 
-    /// Forgets `log`'s batches at or past `from` (truncation).
+    /// Forgets `log`'s batches holding offsets at or past `from` (truncation).
     pub fn remove_from(&self, log: CacheLogId, from: Offset) {
-        self.remove_range(log, from.0, i64::MAX);
-    }
-
-    /// Forgets `log`'s batches starting before `below` (retention).
-    pub fn remove_below(&self, log: CacheLogId, below: Offset) {
-        self.remove_range(log, i64::MIN, below.0);
-    }
-
-    fn remove_range(&self, log: CacheLogId, from: i64, to: i64) {
         let mut st = self.state.borrow_mut();
-        let keys: Vec<_> = st.entries.range((log, from)..(log, to)).map(|(k, _)| *k).collect();
-        for k in keys {
-            if let Some(b) = st.entries.remove(&k) {
-                st.bytes -= b.len();
-            }
+        let entries = st.entries(log);
+        let mut freed = 0;
+        while entries.back().is_some_and(|c| c.last >= from.0) {
+            freed += entries.pop_back().map_or(0, |c| c.batch.len());
         }
+        st.bytes -= freed;
+    }
+
+    /// Forgets `log`'s batches wholly below `below` (retention).
+    pub fn remove_below(&self, log: CacheLogId, below: Offset) {
+        let mut st = self.state.borrow_mut();
+        let entries = st.entries(log);
+        let mut freed = 0;
+        while entries.front().is_some_and(|c| c.last < below.0) {
+            freed += entries.pop_front().map_or(0, |c| c.batch.len());
+        }
+        st.bytes -= freed;
     }
 
     pub fn bytes(&self) -> usize {
@@ -171,14 +211,18 @@ mod tests {
         Bytes::from(b)
     }
 
+    fn put(cache: &BatchCache, log: CacheLogId, base: i64, records: i32) {
+        cache.insert(log, Offset(base), 0, batch(base, records));
+    }
+
     #[test]
     fn reads_consecutive_batches_from_the_middle_of_one() {
         let cache = BatchCache::new(1 << 20);
         let log = cache.register();
         let other = cache.register();
-        cache.insert(log, Offset(0), batch(0, 3));
-        cache.insert(log, Offset(3), batch(3, 2));
-        cache.insert(other, Offset(5), batch(5, 1));
+        put(&cache, log, 0, 3);
+        put(&cache, log, 3, 2);
+        put(&cache, other, 5, 1);
         let got = cache.read(log, Offset(1), Offset(100), 1 << 20, true);
         assert_eq!(got.len(), 2);
         assert!(cache.read(log, Offset(5), Offset(100), 1 << 20, true).is_empty());
@@ -195,7 +239,7 @@ mod tests {
         let cache = BatchCache::new(b.len() * 2);
         let log = cache.register();
         for i in 0..5 {
-            cache.insert(log, Offset(i), batch(i, 1));
+            put(&cache, log, i, 1);
         }
         assert!(cache.bytes() <= b.len() * 2);
         assert!(cache.read(log, Offset(0), Offset(10), 1 << 20, true).is_empty());
@@ -207,7 +251,7 @@ mod tests {
         let cache = BatchCache::new(1 << 20);
         let log = cache.register();
         for i in 0..6 {
-            cache.insert(log, Offset(i), batch(i, 1));
+            put(&cache, log, i, 1);
         }
         cache.remove_from(log, Offset(4));
         cache.remove_below(log, Offset(2));

@@ -35,9 +35,9 @@ impl Default for LogConfig {
             write_buffer_bytes_max: 16 << 20,
             checkpoint_interval_bytes: 64 << 20,
             appender: AppenderConfig {
-                chunk_bytes_min: 64 << 10,
-                chunk_bytes_max: 1 << 20,
-                preallocate_bytes: 32 << 20,
+                chunk_bytes: 256 << 10,
+                pooled_chunks_max: 16,
+                preallocate_bytes: 128 << 20,
             },
         }
     }

@@ -56,9 +56,11 @@ pub enum FrameError {
 }
 
 impl FrameHeader {
-    /// The header for a batch whose base offset has been assigned.
-    pub fn for_batch(batch: &BatchHeader, payload: &[u8]) -> FrameHeader {
-        assert_eq!(batch.batch_bytes, payload.len());
+    /// The header for a batch whose base offset has been assigned; the
+    /// payload is `head` followed by `rest` (see [`crate::served`]).
+    pub fn for_batch(batch: &BatchHeader, head: &[u8], rest: &[u8]) -> FrameHeader {
+        let payload_bytes = head.len() + rest.len();
+        assert_eq!(batch.batch_bytes, payload_bytes);
         let mut header = FrameHeader {
             magic: FRAME_MAGIC,
             version: FRAME_VERSION,
@@ -68,12 +70,12 @@ impl FrameHeader {
             record_count: batch.record_count,
             first_timestamp: batch.base_timestamp,
             max_timestamp: batch.max_timestamp,
-            payload_bytes: u32::try_from(payload.len()).expect("batch larger than 4 GiB"),
+            payload_bytes: u32::try_from(payload_bytes).expect("batch larger than 4 GiB"),
             crc: 0,
         };
         let mut bytes = [0u8; FRAME_HEADER_BYTES];
         header.write_to(&mut bytes);
-        header.crc = frame_crc(&bytes, payload);
+        header.crc = frame_crc(&bytes, &[head, rest]);
         header
     }
 
@@ -152,16 +154,18 @@ pub fn parse_frame(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
         });
     }
     let payload = &bytes[FRAME_HEADER_BYTES..end];
-    if frame_crc(&bytes[..FRAME_HEADER_BYTES], payload) != header.crc {
+    if frame_crc(&bytes[..FRAME_HEADER_BYTES], &[payload]) != header.crc {
         return Err(FrameError::CrcMismatch);
     }
     Ok(header)
 }
 
-fn frame_crc(header_bytes: &[u8], payload: &[u8]) -> u32 {
+fn frame_crc(header_bytes: &[u8], payload: &[&[u8]]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&header_bytes[..CRC_COVERED_HEADER_BYTES]);
-    hasher.update(payload);
+    for part in payload {
+        hasher.update(part);
+    }
     hasher.finalize()
 }
 
@@ -173,7 +177,7 @@ mod tests {
     fn frame(base: i64) -> Vec<u8> {
         let mut batch = build_batch(4, 16, 1_000);
         set_base_offset(&mut batch, Offset(base));
-        let header = FrameHeader::for_batch(&BatchHeader::parse(&batch).unwrap(), &batch);
+        let header = FrameHeader::for_batch(&BatchHeader::parse(&batch).unwrap(), &batch[..16], &batch[16..]);
         let mut bytes = [0u8; FRAME_HEADER_BYTES];
         header.write_to(&mut bytes);
         let mut out = bytes.to_vec();

@@ -24,6 +24,7 @@ pub mod local_sync;
 pub mod log;
 pub mod offset;
 pub mod segment;
+pub mod served;
 pub mod testing;
 
 pub use cache::BatchCache;
@@ -31,3 +32,4 @@ pub use config::LogConfig;
 pub use error::{Result, StorageError};
 pub use log::{AppendInfo, Log, LogStats, ReadLimits, TimestampHit};
 pub use offset::Offset;
+pub use served::ServedBatch;

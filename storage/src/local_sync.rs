@@ -115,6 +115,46 @@ impl LocalMutex {
     }
 }
 
+#[derive(Default)]
+struct NotifyState {
+    generation: u64,
+    wakers: Vec<Waker>,
+}
+
+/// Wakes every task listening when something happens. A listener created
+/// before a `notify_all` completes; one created after waits for the next.
+#[derive(Default)]
+pub struct LocalNotify {
+    state: RefCell<NotifyState>,
+}
+
+impl LocalNotify {
+    pub fn notify_all(&self) {
+        let wakers = {
+            let mut st = self.state.borrow_mut();
+            st.generation += 1;
+            std::mem::take(&mut st.wakers)
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    pub fn listen(&self) -> impl Future<Output = ()> + '_ {
+        let seen = self.state.borrow().generation;
+        poll_fn(move |cx| {
+            let mut st = self.state.borrow_mut();
+            if st.generation != seen {
+                return Poll::Ready(());
+            }
+            if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                st.wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+}
+
 /// Runs all `futures` with at most `in_flight_max` polled at once; returns
 /// their outputs in order.
 pub async fn join_bounded<F: Future>(futures: Vec<F>, in_flight_max: usize) -> Vec<F::Output> {
@@ -178,6 +218,20 @@ mod tests {
             drop(g2);
             assert!(!m.is_locked());
         });
+    }
+
+    #[test]
+    fn notify_wakes_listeners_created_before_it() {
+        let n = LocalNotify::default();
+        let early = n.listen();
+        n.notify_all();
+        block_on(early);
+        let mut late = Box::pin(n.listen());
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(late.as_mut().poll(&mut cx).is_pending());
+        n.notify_all();
+        assert!(late.as_mut().poll(&mut cx).is_ready());
     }
 
     #[test]

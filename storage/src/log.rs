@@ -24,11 +24,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::appender::{Appender, run_job};
-use crate::batch::{BatchHeader, set_base_offset};
+use crate::batch::BatchHeader;
 use crate::cache::{BatchCache, CacheLogId};
 use crate::checkpoint::{Checkpoint, SegmentCheckpoint};
 use crate::config::LogConfig;
@@ -36,12 +36,13 @@ use crate::error::{Result, StorageError};
 use crate::frame::{FRAME_HEADER_BYTES, FrameError, FrameHeader};
 use crate::index::{NewEntries, OFFSET_ENTRY_BYTES, SegmentIndex, TIME_ENTRY_BYTES};
 use crate::io::{FileSystem, StorageFile, align_up, read_file, write_file_atomic};
-use crate::local_sync::LocalMutex;
+use crate::local_sync::{LocalMutex, LocalNotify};
 use crate::offset::Offset;
 use crate::segment::{
     FrameCursor, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, Segment, TIME_INDEX_SUFFIX, parse_segment_name, read_tail_page,
     scan_frames, segment_file,
 };
+use crate::served::{ASSIGNED_HEAD_BYTES, ServedBatch};
 
 const CHECKPOINT_FILE: &str = "checkpoint";
 /// Smallest read from disk; reads near each other share one I/O.
@@ -67,7 +68,7 @@ pub struct TimestampHit {
     pub last_offset: Offset,
     pub max_timestamp: i64,
     /// The whole stored batch, for finding the record within it.
-    pub batch: Bytes,
+    pub batch: ServedBatch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +118,10 @@ struct State<F: StorageFile> {
     write_error: Option<StorageError>,
     bytes_since_checkpoint: u64,
     sync_count: u64,
+    /// Tasks running `flush_until_closed`.
+    flushers: u32,
+    /// Stamped into each appended batch's partition leader epoch.
+    leader_epoch: i32,
     closed: bool,
 }
 
@@ -165,7 +170,18 @@ pub struct Log<S: FileSystem> {
     cache: BatchCache,
     cache_id: CacheLogId,
     io_lock: LocalMutex,
+    /// Notified when the write buffer goes from empty to not, and on close.
+    pending_notify: LocalNotify,
+    /// Notified after each seal and each finished sync: a full write buffer
+    /// has room again.
+    sealed_notify: LocalNotify,
     state: RefCell<State<S::File>>,
+}
+
+impl<S: FileSystem> Drop for Log<S> {
+    fn drop(&mut self) {
+        self.cache.unregister(self.cache_id);
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
@@ -258,6 +274,8 @@ impl<S: FileSystem> Log<S> {
             cache,
             cache_id,
             io_lock: LocalMutex::new(),
+            pending_notify: LocalNotify::default(),
+            sealed_notify: LocalNotify::default(),
             state: RefCell::new(State {
                 config,
                 start_offset,
@@ -270,6 +288,8 @@ impl<S: FileSystem> Log<S> {
                 write_error: None,
                 bytes_since_checkpoint: 0,
                 sync_count: 0,
+                flushers: 0,
+                leader_epoch: 0,
                 closed: false,
             }),
         };
@@ -306,6 +326,11 @@ impl<S: FileSystem> Log<S> {
         self.state.borrow().durable_offset
     }
 
+    /// The leader epoch stamped into batches appended from now on.
+    pub fn set_leader_epoch(&self, epoch: i32) {
+        self.state.borrow_mut().leader_epoch = epoch;
+    }
+
     pub fn config(&self) -> LogConfig {
         self.state.borrow().config
     }
@@ -334,6 +359,51 @@ impl<S: FileSystem> Log<S> {
         self.state.borrow().writer.log.pending_bytes()
     }
 
+    /// Returns once there are appended bytes that are not durable (or the
+    /// log is closed). A background flusher loops on this and
+    /// [`sync`](Self::sync), so that writing overlaps appending.
+    pub async fn wait_for_pending(&self) {
+        loop {
+            let listener = {
+                let st = self.state.borrow();
+                if st.closed || st.writer.log.pending_bytes() > 0 {
+                    return;
+                }
+                self.pending_notify.listen()
+            };
+            listener.await;
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.borrow().closed
+    }
+
+    /// Makes appended data durable in the background until the log closes
+    /// (`Ok`) or a sync fails (`Err`; the caller backs off and runs it
+    /// again). While it runs, appends that find the write buffer full wait
+    /// for its next sync instead of syncing themselves, so appending and
+    /// writing overlap.
+    pub async fn flush_until_closed(&self) -> Result<()> {
+        struct Registration<'a, S: FileSystem>(&'a Log<S>);
+        impl<S: FileSystem> Drop for Registration<'_, S> {
+            fn drop(&mut self) {
+                self.0.state.borrow_mut().flushers -= 1;
+                // Appends waiting on this flusher must not wait forever.
+                self.0.sealed_notify.notify_all();
+            }
+        }
+        self.state.borrow_mut().flushers += 1;
+        let _registration = Registration(self);
+        loop {
+            self.wait_for_pending().await;
+            if self.is_closed() {
+                return Ok(());
+            }
+            self.sync().await?;
+        }
+    }
+
     /// Appends one record batch (magic v2, as a producer sent it), assigning
     /// its offsets. Returns as soon as the batch is in the write buffer; use
     /// [`wait_durable`](Self::wait_durable) for durability.
@@ -341,7 +411,7 @@ impl<S: FileSystem> Log<S> {
         let header = BatchHeader::parse(&batch)?;
         let frame_bytes = (FRAME_HEADER_BYTES + batch.len()) as u64;
         loop {
-            {
+            let wait_for_flusher = {
                 let mut st = self.state.borrow_mut();
                 if st.closed {
                     return Err(StorageError::Closed);
@@ -352,11 +422,19 @@ impl<S: FileSystem> Log<S> {
                         segment_bytes: st.config.segment_bytes,
                     });
                 }
-                let pending = st.writer.log.pending_bytes();
-                let fits = pending == 0 || pending + frame_bytes <= st.config.write_buffer_bytes_max;
-                if !st.appends_paused && st.write_error.is_none() && fits && !st.needs_roll(frame_bytes, now_ms) {
+                let unsealed = st.writer.log.unsealed_bytes();
+                let full = unsealed > 0 && unsealed + frame_bytes > st.config.write_buffer_bytes_max;
+                if !st.appends_paused && st.write_error.is_none() && !full && !st.needs_roll(frame_bytes, now_ms) {
                     return Ok(self.append_now(&mut st, batch, header));
                 }
+                // A full buffer with a flusher running: wait for its next
+                // seal rather than syncing here, so that appending and
+                // writing overlap.
+                (full && st.flushers > 0 && st.write_error.is_none()).then(|| self.sealed_notify.listen())
+            };
+            if let Some(sealed) = wait_for_flusher {
+                sealed.await;
+                continue;
             }
             // Slow path: one of roll, retry or backpressure, under the lock.
             let _guard = self.io_lock.lock().await;
@@ -365,11 +443,11 @@ impl<S: FileSystem> Log<S> {
                 if st.closed {
                     return Err(StorageError::Closed);
                 }
-                let pending = st.writer.log.pending_bytes();
+                let unsealed = st.writer.log.unsealed_bytes();
                 (
                     st.write_error.is_some(),
                     st.needs_roll(frame_bytes, now_ms),
-                    pending > 0 && pending + frame_bytes > st.config.write_buffer_bytes_max,
+                    unsealed > 0 && unsealed + frame_bytes > st.config.write_buffer_bytes_max,
                 )
             };
             if failed || full {
@@ -388,25 +466,25 @@ impl<S: FileSystem> Log<S> {
     fn append_now(&self, st: &mut State<S::File>, batch: Bytes, mut header: BatchHeader) -> AppendInfo {
         let base = st.end_offset;
         header.base_offset = base;
-        // Patch the base offset in place when we own the only reference,
-        // else copy once; the result is both what is written and what the
-        // cache serves.
-        let mut payload = batch
-            .try_into_mut()
-            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-        set_base_offset(&mut payload, base);
-        let payload = payload.freeze();
-        let frame = FrameHeader::for_batch(&header, &payload);
+        let leader_epoch = st.leader_epoch;
+        // The producer's bytes stay as they are (the cache serves them with
+        // the assigned head); the assigned head goes to the disk.
+        let served = ServedBatch::new(base, leader_epoch, batch);
+        let head = served.head();
+        let rest = &served.raw()[ASSIGNED_HEAD_BYTES..];
+        let frame = FrameHeader::for_batch(&header, &head, rest);
         let mut frame_bytes = [0u8; FRAME_HEADER_BYTES];
         frame.write_to(&mut frame_bytes);
 
         let State { segments, writer, .. } = st;
         let active = segments.values_mut().next_back().expect("active segment");
         let position = active.end;
+        let was_idle = writer.log.pending_bytes() == 0;
         {
             let file = active.file.clone();
             writer.log.append(&file, &frame_bytes);
-            writer.log.append(&file, &payload);
+            writer.log.append(&file, &head);
+            writer.log.append(&file, rest);
         }
         let NewEntries { offset, time } = active.index.add_frame(position, base, header.max_timestamp);
         if let Some(e) = offset {
@@ -418,7 +496,11 @@ impl<S: FileSystem> Log<S> {
         active.end = writer.log.end();
         active.next_offset = frame.next_offset();
         st.end_offset = frame.next_offset();
-        self.cache.insert(self.cache_id, base, payload);
+        self.cache
+            .insert(self.cache_id, base, leader_epoch, served.raw().clone());
+        if was_idle {
+            self.pending_notify.notify_all();
+        }
         AppendInfo {
             base_offset: base,
             last_offset: frame.last_offset(),
@@ -469,6 +551,7 @@ impl<S: FileSystem> Log<S> {
             let job = st.writer.log.seal(&file);
             (job, file, path, end_offset, max_ts)
         };
+        self.sealed_notify.notify_all();
         if job.is_empty() {
             let mut st = self.state.borrow_mut();
             st.durable_offset = st.durable_offset.max(end_offset);
@@ -478,6 +561,8 @@ impl<S: FileSystem> Log<S> {
         }
         let synced_bytes = job.end - self.state.borrow().writer.log.durable_end();
         let result = run_job(file.as_ref(), &job).await;
+        // Waiters for room retry now, whatever the outcome.
+        self.sealed_notify.notify_all();
         let checkpoint_due = {
             let mut st = self.state.borrow_mut();
             st.writer.log.finish(job, &result);
@@ -631,9 +716,12 @@ impl<S: FileSystem> Log<S> {
     /// Reads whole batches starting with the one that holds `from`.
     /// `from` equal to the end offset gives nothing; outside
     /// `[start_offset, end_offset]` is `OffsetOutOfRange`.
-    pub async fn read(&self, from: Offset, limits: ReadLimits) -> Result<Vec<Bytes>> {
+    pub async fn read(&self, from: Offset, limits: ReadLimits) -> Result<Vec<ServedBatch>> {
         let upper = {
             let st = self.state.borrow();
+            if st.closed {
+                return Err(StorageError::Closed);
+            }
             if from < st.start_offset || from > st.end_offset {
                 return Err(StorageError::OffsetOutOfRange {
                     requested: from,
@@ -643,7 +731,7 @@ impl<S: FileSystem> Log<S> {
             }
             limits.upper.min(st.durable_offset)
         };
-        let mut out: Vec<Bytes> = Vec::new();
+        let mut out: Vec<ServedBatch> = Vec::new();
         let mut next = from;
         let mut bytes = 0usize;
         while next < upper && bytes < limits.bytes_max {
@@ -652,13 +740,7 @@ impl<S: FileSystem> Log<S> {
                 .cache
                 .read(self.cache_id, next, upper, limits.bytes_max - bytes, min_one);
             if let Some(last) = hits.last() {
-                next = Offset(
-                    BatchHeader::parse(last)
-                        .map_err(StorageError::InvalidBatch)?
-                        .base_offset
-                        .0,
-                )
-                .plus(i64::from(last_offset_delta(last)) + 1);
+                next = last.next_offset();
                 bytes += hits.iter().map(|b| b.len()).sum::<usize>();
                 out.extend(hits);
                 continue;
@@ -685,7 +767,7 @@ impl<S: FileSystem> Log<S> {
         upper: Offset,
         bytes_max: usize,
         min_one: bool,
-    ) -> Result<(Vec<Bytes>, Offset)> {
+    ) -> Result<(Vec<ServedBatch>, Offset)> {
         let (file, path, pos, readable_end, segment_next) = {
             let st = self.state.borrow();
             let Some((_, seg)) = st.segments.range(..=from).next_back() else {
@@ -729,7 +811,7 @@ impl<S: FileSystem> Log<S> {
                     .await
                     .map_err(io_err("read", &path))?
                     .map_err(|reason| corrupt(&path, at, reason))?;
-                out.push(payload);
+                out.push(served_from_disk(header.base_offset(), payload));
                 bytes += payload_bytes;
                 next = header.next_offset();
             }
@@ -787,7 +869,7 @@ impl<S: FileSystem> Log<S> {
                         base_offset: header.base_offset(),
                         last_offset: header.last_offset(),
                         max_timestamp: header.max_timestamp,
-                        batch,
+                        batch: served_from_disk(header.base_offset(), batch),
                     }));
                 }
                 cursor.advance(&header);
@@ -983,6 +1065,7 @@ impl<S: FileSystem> Log<S> {
         self.sync_locked().await?;
         self.checkpoint_locked().await?;
         self.state.borrow_mut().closed = true;
+        self.pending_notify.notify_all();
         Ok(())
     }
 
@@ -990,6 +1073,7 @@ impl<S: FileSystem> Log<S> {
     pub async fn remove(&self) -> Result<()> {
         let _guard = self.io_lock.lock().await;
         self.state.borrow_mut().closed = true;
+        self.pending_notify.notify_all();
         self.cache.remove_from(self.cache_id, Offset(i64::MIN));
         self.fs
             .remove_dir_all(&self.dir)
@@ -1021,8 +1105,10 @@ fn corrupt(path: &Path, position: u64, reason: FrameError) -> StorageError {
     }
 }
 
-fn last_offset_delta(batch: &[u8]) -> i32 {
-    i32::from_be_bytes([batch[23], batch[24], batch[25], batch[26]])
+/// A batch read back from a frame: its stored head is the assigned one.
+fn served_from_disk(base_offset: Offset, payload: Bytes) -> ServedBatch {
+    let epoch = i32::from_be_bytes([payload[12], payload[13], payload[14], payload[15]]);
+    ServedBatch::new(base_offset, epoch, payload)
 }
 
 /// Position, offset and largest earlier timestamp of the first frame in a
@@ -1185,8 +1271,8 @@ async fn new_writer<S: FileSystem>(
     time_bytes: u64,
 ) -> Result<ActiveWriter<S::File>> {
     let index_config = crate::appender::AppenderConfig {
-        chunk_bytes_min: INDEX_CHUNK_BYTES,
-        chunk_bytes_max: INDEX_CHUNK_BYTES,
+        chunk_bytes: INDEX_CHUNK_BYTES,
+        pooled_chunks_max: 1,
         preallocate_bytes: INDEX_CHUNK_BYTES as u64,
     };
     let open_index = |suffix: &'static str| {

@@ -68,7 +68,7 @@ fn run_ops(seed: u64, ops: &[Op]) {
             }
             Op::ReadAt(r) => {
                 let from = pick(&log, *r);
-                let got = block_on(log.read(from, everything())).expect("read");
+                let got = block_on(read_bytes(&log, from, everything())).expect("read");
                 let durable = log.durable_offset();
                 for b in &got {
                     assert_eq!(
@@ -184,7 +184,7 @@ fn faulty_run(seed: u64) {
                 }
                 // Reads under faults fail or return model data, never junk.
                 let from = Offset(log.start_offset().0);
-                match log.read(from, everything()).await {
+                match read_bytes(&log, from, everything()).await {
                     Ok(got) => {
                         for b in &got {
                             assert_eq!(Some(b), model.batches.get(&base_of(b)), "seed {seed}: junk served");
@@ -215,7 +215,7 @@ fn faulty_run(seed: u64) {
 #[test]
 fn confirmed_batches_survive_faults_and_crashes_across_seeds() {
     // SLUICE_FAULT_SEED=n replays one seed with logs; SLUICE_FAULT_SEEDS=n
-    // runs seeds 0..n (default 200).
+    // runs seeds 0..n (default 400).
     if let Some(seed) = std::env::var("SLUICE_FAULT_SEED").ok().and_then(|s| s.parse().ok()) {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -227,7 +227,7 @@ fn confirmed_batches_survive_faults_and_crashes_across_seeds() {
     let seeds: u64 = std::env::var("SLUICE_FAULT_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(400);
     for seed in 0..seeds {
         faulty_run(seed);
     }
@@ -265,7 +265,7 @@ fn a_flipped_bit_is_never_served() {
         block_on(async {
             let mut next = log.start_offset();
             while next < log.end_offset() {
-                match log.read(next, everything()).await {
+                match read_bytes(&log, next, everything()).await {
                     Ok(got) => {
                         let Some(last) = got.last() else { break };
                         for b in &got {

@@ -24,8 +24,8 @@ pub fn small_config() -> LogConfig {
         write_buffer_bytes_max: 48 << 10,
         checkpoint_interval_bytes: 24 << 10,
         appender: AppenderConfig {
-            chunk_bytes_min: 4096,
-            chunk_bytes_max: 16384,
+            chunk_bytes: 8192,
+            pooled_chunks_max: 4,
             preallocate_bytes: 32768,
         },
     }
@@ -107,23 +107,32 @@ pub fn everything() -> ReadLimits {
     }
 }
 
+/// `Log::read` with each batch as one buffer, as it would go on the wire.
+pub async fn read_bytes<S: FileSystem>(
+    log: &Log<S>,
+    from: Offset,
+    limits: ReadLimits,
+) -> Result<Vec<Bytes>, sluice_storage::StorageError> {
+    Ok(log.read(from, limits).await?.iter().map(|b| b.to_bytes()).collect())
+}
+
 /// Every readable batch, from the log start, in reads small enough that the
 /// read path crosses chunk and segment boundaries.
 pub async fn read_all<S: FileSystem>(log: &Log<S>) -> Vec<Bytes> {
     let mut out = Vec::new();
     let mut next = log.start_offset();
     loop {
-        let got = log
-            .read(
-                next,
-                ReadLimits {
-                    bytes_max: 64 << 10,
-                    upper: Offset(i64::MAX),
-                    min_one: true,
-                },
-            )
-            .await
-            .expect("read");
+        let got = read_bytes(
+            log,
+            next,
+            ReadLimits {
+                bytes_max: 64 << 10,
+                upper: Offset(i64::MAX),
+                min_one: true,
+            },
+        )
+        .await
+        .expect("read");
         let Some(last) = got.last() else { break };
         next = Offset(base_of(last) + last_delta(last) + 1);
         out.extend(got);

@@ -1,0 +1,341 @@
+//! `sluice-bench storage`: the log against the disk's own limits, measured in
+//! one run on one pinned glommio executor.
+//!
+//! (a) raw limits, through the same direct-I/O file layer the log uses:
+//!     sequential write bandwidth with the log's write size and writes in
+//!     flight, into a preallocated file; and write+fdatasync latency at the
+//!     size a durable append of each batch size writes.
+//! (b) the log: append throughput (appends as fast as they are accepted,
+//!     durable at the end) and durable-append latency (append, wait until
+//!     durable, one at a time), each as a ratio to (a).
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use glommio::{LocalExecutorBuilder, Placement};
+use serde::Serialize;
+use sluice_storage::appender::WRITES_IN_FLIGHT_MAX;
+use sluice_storage::batch::build_batch;
+use sluice_storage::frame::FRAME_HEADER_BYTES;
+use sluice_storage::io::dma::DmaFileSystem;
+use sluice_storage::io::{FileSystem, IoBuffer, StorageFile, align_up, write_all_at};
+use sluice_storage::local_sync::join_bounded;
+use sluice_storage::{BatchCache, Log, LogConfig, Offset};
+
+use crate::latency::{LatencyRecorder, LatencySummary};
+
+/// glommio's registered DMA buffer pool: enough for a full write buffer, so
+/// writes use fixed buffers and steady appends allocate nothing.
+const IO_MEMORY_BYTES: usize = 64 << 20;
+
+#[derive(Args, Debug, Clone)]
+pub struct StorageArgs {
+    /// Directory on the disk to measure; files are created and removed.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Bytes written by each throughput run.
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: u64,
+    /// Durable writes timed by each latency run.
+    #[arg(long, default_value_t = 3000)]
+    samples: u64,
+    /// Batch sizes to measure, in bytes.
+    #[arg(long, value_delimiter = ',', default_values_t = [1024usize, 65536])]
+    batch_bytes: Vec<usize>,
+    /// Rounds, each measuring raw then log; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// CPU to pin the executor to (unpinned if not given).
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct StorageReport {
+    write_bytes: usize,
+    writes_in_flight: usize,
+    rounds: usize,
+    batches: Vec<BatchReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchReport {
+    batch_bytes: usize,
+    /// Bytes one durable append of this batch writes (frame, page-padded).
+    durable_write_bytes: usize,
+    /// Medians over the rounds; each round measures raw then log.
+    raw_write_bandwidth_mb_s: f64,
+    log_throughput_mb_s: f64,
+    log_throughput_records_s: f64,
+    /// Median of the per-round ratios log / raw.
+    throughput_ratio: f64,
+    throughput_ratios: Vec<f64>,
+    raw_sync_latency_us: LatencySummary,
+    durable_append_latency_us: LatencySummary,
+    p99_ratio: f64,
+    p999_ratio: f64,
+}
+
+pub fn run(args: StorageArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let placement = match args.cpu {
+        Some(cpu) => Placement::Fixed(cpu),
+        None => Placement::Unbound,
+    };
+    let job_args = args.clone();
+    let report = LocalExecutorBuilder::new(placement)
+        .name("sluice-bench-storage")
+        .io_memory(IO_MEMORY_BYTES)
+        .spawn(move || async move { measure(&job_args).await })
+        .map_err(|e| anyhow::anyhow!("starting the executor: {e}"))?
+        .join()
+        .map_err(|e| anyhow::anyhow!("executor failed: {e:?}"))??;
+    print_report(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn measure(args: &StorageArgs) -> anyhow::Result<StorageReport> {
+    let fs = DmaFileSystem::new();
+    let config = LogConfig::default();
+    let write_bytes = config.appender.chunk_bytes;
+    let rounds = args.rounds.max(1);
+    let mut batches = Vec::new();
+    for &batch_bytes in &args.batch_bytes {
+        if batch_bytes < 128 {
+            bail!("batch size {batch_bytes} is too small for a record batch");
+        }
+        let durable_write_bytes = align_up((FRAME_HEADER_BYTES + batch_bytes) as u64) as usize;
+        let (mut raw_bw, mut log_mb_s, mut log_records_s, mut ratios) = (vec![], vec![], vec![], vec![]);
+        let mut raw_sync = LatencyRecorder::new();
+        let mut durable = LatencyRecorder::new();
+        // Alternate raw and log in each round, so that the disk's drift
+        // (large on shared or virtual disks) hits both alike.
+        for round in 1..=rounds {
+            eprintln!(
+                "{batch_bytes}-byte batches, round {round}/{rounds}: raw bandwidth, log throughput, raw and log latency..."
+            );
+            let raw = raw_write_bandwidth(&fs, &args.dir, write_bytes, args.bytes).await?;
+            let (mb_s, records_s) = log_throughput(&fs, &args.dir, batch_bytes, args.bytes, config).await?;
+            raw_bw.push(raw);
+            log_mb_s.push(mb_s);
+            log_records_s.push(records_s);
+            ratios.push(mb_s / raw);
+            let samples = args.samples.div_ceil(rounds as u64);
+            raw_sync_latency(&fs, &args.dir, durable_write_bytes, samples, &mut raw_sync).await?;
+            log_durable_latency(&fs, &args.dir, batch_bytes, samples, config, &mut durable).await?;
+        }
+        let (raw_sync, durable) = (raw_sync.summary(), durable.summary());
+        batches.push(BatchReport {
+            batch_bytes,
+            durable_write_bytes,
+            raw_write_bandwidth_mb_s: median(&raw_bw),
+            log_throughput_mb_s: median(&log_mb_s),
+            log_throughput_records_s: median(&log_records_s),
+            throughput_ratio: median(&ratios),
+            throughput_ratios: ratios,
+            raw_sync_latency_us: raw_sync,
+            durable_append_latency_us: durable,
+            p99_ratio: durable.p99 as f64 / raw_sync.p99.max(1) as f64,
+            p999_ratio: durable.p999 as f64 / raw_sync.p999.max(1) as f64,
+        });
+    }
+    Ok(StorageReport {
+        write_bytes,
+        writes_in_flight: WRITES_IN_FLIGHT_MAX,
+        rounds,
+        batches,
+    })
+}
+
+fn print_report(r: &StorageReport) {
+    println!();
+    println!(
+        "raw disk: sequential O_DIRECT writes of {} KiB, {} in flight; medians of {} alternating rounds",
+        r.write_bytes >> 10,
+        r.writes_in_flight,
+        r.rounds
+    );
+    for b in &r.batches {
+        println!();
+        println!(
+            "{}-byte batches (a durable append writes {} bytes)",
+            b.batch_bytes, b.durable_write_bytes
+        );
+        println!("  raw write bandwidth   {:>9.0} MB/s", b.raw_write_bandwidth_mb_s);
+        let ratios: Vec<String> = b.throughput_ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "  append throughput     {:>9.0} MB/s  {:>10.0} batches/s   {:.2} of raw (rounds: {}; goal >= 0.90)",
+            b.log_throughput_mb_s,
+            b.log_throughput_records_s,
+            b.throughput_ratio,
+            ratios.join(" ")
+        );
+        println!(
+            "  raw write+fdatasync   p50/p99/p99.9 {}",
+            b.raw_sync_latency_us.short()
+        );
+        println!(
+            "  durable append        p50/p99/p99.9 {}   p99 {:.2}x raw (goal <= 1.5x), p99.9 {:.2}x",
+            b.durable_append_latency_us.short(),
+            b.p99_ratio,
+            b.p999_ratio
+        );
+    }
+}
+
+/// A scratch file that is removed however the measurement ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn raw_write_bandwidth(fs: &DmaFileSystem, dir: &Path, write_bytes: usize, total: u64) -> anyhow::Result<f64> {
+    let path = dir.join("raw-bandwidth.dat");
+    let _scratch = Scratch(path.clone());
+    let file = fs.open(&path, true).await?;
+    let writes = total.div_ceil(write_bytes as u64);
+    file.allocate(writes * write_bytes as u64).await?;
+    let mut buf = file.alloc_buffer(write_bytes);
+    buf.as_mut_slice().fill(0x5a);
+    let buf = Rc::new(buf);
+    let started = Instant::now();
+    let mut next = 0u64;
+    while next < writes {
+        let group: Vec<_> = (next..(next + WRITES_IN_FLIGHT_MAX as u64).min(writes))
+            .map(|i| write_all_at(&file, &buf, i * write_bytes as u64))
+            .collect();
+        next += group.len() as u64;
+        for r in join_bounded(group, WRITES_IN_FLIGHT_MAX).await {
+            r?;
+        }
+    }
+    file.sync_data().await?;
+    let elapsed = started.elapsed();
+    file.close().await?;
+    Ok((writes * write_bytes as u64) as f64 / elapsed.as_secs_f64() / 1e6)
+}
+
+async fn raw_sync_latency(
+    fs: &DmaFileSystem,
+    dir: &Path,
+    write_bytes: usize,
+    samples: u64,
+    recorder: &mut LatencyRecorder,
+) -> anyhow::Result<()> {
+    let path = dir.join("raw-latency.dat");
+    let _scratch = Scratch(path.clone());
+    let file = fs.open(&path, true).await?;
+    file.allocate(samples * write_bytes as u64).await?;
+    file.sync_data().await?;
+    let mut buf = file.alloc_buffer(write_bytes);
+    buf.as_mut_slice().fill(0x5a);
+    let buf = Rc::new(buf);
+    for i in 0..samples {
+        let started = Instant::now();
+        write_all_at(&file, &buf, i * write_bytes as u64).await?;
+        file.sync_data().await?;
+        recorder.record(started.elapsed());
+    }
+    file.close().await?;
+    Ok(())
+}
+
+/// A batch of one record whose encoded size is `batch_bytes`.
+fn batch_of(batch_bytes: usize) -> Bytes {
+    // Record overhead around the value is 8 bytes for these sizes.
+    let mut value = batch_bytes.saturating_sub(61 + 8);
+    loop {
+        let b = build_batch(1, value, now_ms());
+        if b.len() <= batch_bytes || value == 0 {
+            return Bytes::from(b);
+        }
+        value -= 1;
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn log_throughput(
+    fs: &DmaFileSystem,
+    dir: &Path,
+    batch_bytes: usize,
+    total: u64,
+    config: LogConfig,
+) -> anyhow::Result<(f64, f64)> {
+    let log_dir = dir.join(format!("log-throughput-{batch_bytes}"));
+    let _scratch = Scratch(log_dir.clone());
+    let log = Rc::new(Log::open(fs.clone(), log_dir, config, BatchCache::new(64 << 20), now_ms()).await?);
+    // As in the broker: a flusher syncs whatever is pending while appends
+    // go on, so the disk and the appender work at the same time.
+    let flusher = glommio::spawn_local({
+        let log = log.clone();
+        async move { log.flush_until_closed().await }
+    });
+    let batch = batch_of(batch_bytes);
+    let count = (total / batch.len() as u64).max(1);
+    let now = now_ms();
+    let started = Instant::now();
+    for i in 0..count {
+        log.append(batch.clone(), now).await?;
+        if i % 256 == 0 {
+            glommio::yield_if_needed().await;
+        }
+    }
+    log.sync().await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(log.durable_offset(), Offset(count as i64));
+    log.close().await?;
+    flusher.await?;
+    Ok((
+        (count * batch.len() as u64) as f64 / elapsed / 1e6,
+        count as f64 / elapsed,
+    ))
+}
+
+async fn log_durable_latency(
+    fs: &DmaFileSystem,
+    dir: &Path,
+    batch_bytes: usize,
+    samples: u64,
+    config: LogConfig,
+    recorder: &mut LatencyRecorder,
+) -> anyhow::Result<()> {
+    let log_dir = dir.join(format!("log-latency-{batch_bytes}"));
+    let _scratch = Scratch(log_dir.clone());
+    let log = Log::open(fs.clone(), log_dir, config, BatchCache::new(64 << 20), now_ms()).await?;
+    let batch = batch_of(batch_bytes);
+    let now = now_ms();
+    for _ in 0..samples {
+        let started = Instant::now();
+        let info = log.append(batch.clone(), now).await?;
+        log.wait_durable(info.last_offset.plus(1)).await?;
+        recorder.record(started.elapsed());
+    }
+    log.close().await?;
+    Ok(())
+}
