@@ -175,6 +175,9 @@ pub struct Log<S: FileSystem> {
     /// Notified after each seal and each finished sync: a full write buffer
     /// has room again.
     sealed_notify: LocalNotify,
+    /// Notified when the durable offset moves (either way: truncation) and
+    /// on close.
+    durable_notify: LocalNotify,
     state: RefCell<State<S::File>>,
 }
 
@@ -276,6 +279,7 @@ impl<S: FileSystem> Log<S> {
             io_lock: LocalMutex::new(),
             pending_notify: LocalNotify::default(),
             sealed_notify: LocalNotify::default(),
+            durable_notify: LocalNotify::default(),
             state: RefCell::new(State {
                 config,
                 start_offset,
@@ -342,6 +346,18 @@ impl<S: FileSystem> Log<S> {
         self.state.borrow_mut().config = config;
     }
 
+    /// The largest record timestamp in the log (durable or not), or
+    /// `i64::MIN` when it is empty.
+    pub fn max_timestamp(&self) -> i64 {
+        let st = self.state.borrow();
+        st.segments
+            .values()
+            .filter(|s| s.next_offset > st.start_offset)
+            .map(|s| s.max_timestamp())
+            .max()
+            .unwrap_or(i64::MIN)
+    }
+
     pub fn stats(&self) -> LogStats {
         let st = self.state.borrow();
         LogStats {
@@ -377,6 +393,12 @@ impl<S: FileSystem> Log<S> {
 
     pub fn is_closed(&self) -> bool {
         self.state.borrow().closed
+    }
+
+    /// Completes the next time the durable offset moves, or the log closes.
+    /// Take it before checking the offset, so that no change is missed.
+    pub fn durable_changed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.durable_notify.listen()
     }
 
     /// Makes appended data durable in the background until the log closes
@@ -569,6 +591,9 @@ impl<S: FileSystem> Log<S> {
             match &result {
                 Ok(()) => {
                     st.sync_count += 1;
+                    if end_offset > st.durable_offset {
+                        self.durable_notify.notify_all();
+                    }
                     st.durable_offset = st.durable_offset.max(end_offset);
                     st.durable_max_timestamp = max_timestamp;
                     if let Some(e) = st.write_error.take() {
@@ -1045,6 +1070,7 @@ impl<S: FileSystem> Log<S> {
             st.check_invariants();
             removed
         };
+        self.durable_notify.notify_all();
         self.cache.remove_from(self.cache_id, cut_offset);
         self.checkpoint_locked().await?;
         for seg in removed {
@@ -1066,6 +1092,7 @@ impl<S: FileSystem> Log<S> {
         self.checkpoint_locked().await?;
         self.state.borrow_mut().closed = true;
         self.pending_notify.notify_all();
+        self.durable_notify.notify_all();
         Ok(())
     }
 
@@ -1074,6 +1101,7 @@ impl<S: FileSystem> Log<S> {
         let _guard = self.io_lock.lock().await;
         self.state.borrow_mut().closed = true;
         self.pending_notify.notify_all();
+        self.durable_notify.notify_all();
         self.cache.remove_from(self.cache_id, Offset(i64::MIN));
         self.fs
             .remove_dir_all(&self.dir)

@@ -1,0 +1,435 @@
+//! Broker settings: command-line flags, each also settable by a `SLUICE_*`
+//! environment variable and in a TOML file given by `--config`. A flag beats
+//! its variable, which beats the file, which beats the default.
+//!
+//! Topic defaults keep Kafka's broker setting names (`log.segment.bytes`,
+//! `num.partitions`...), so they read the same as in a Kafka `server.properties`.
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{ArgAction, CommandFactory, Parser};
+
+use crate::cpuset::parse_cpu_list;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: a thread-per-core event broker that speaks the Kafka protocol",
+    args_override_self = true
+)]
+pub struct Cli {
+    /// TOML file with any of these settings, by their long names
+    /// (`listen = "0.0.0.0:9092"`, `"log.segment.bytes" = 536870912`).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address to accept Kafka clients on (HOST:PORT).
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:9092")]
+    pub listen: String,
+
+    /// Address clients are told to connect to (HOST:PORT) [default: the listen address].
+    #[arg(long = "advertised-listener", env = "SLUICE_ADVERTISED_LISTENER")]
+    pub advertised_listener: Option<String>,
+
+    /// Directory for logs and cluster metadata.
+    #[arg(long = "data-dir", env = "SLUICE_DATA_DIR", default_value = "./sluice-data")]
+    pub data_dir: PathBuf,
+
+    /// Number of shards, one executor each [default: the CPUs in --cpuset, else every online CPU].
+    #[arg(long, env = "SLUICE_CORES")]
+    pub cores: Option<usize>,
+
+    /// CPUs to pin shards to, shard i on the i-th CPU of the list, like `0-3,8`
+    /// [default: shard i on online CPU i; `none` leaves shards unpinned].
+    #[arg(long, env = "SLUICE_CPUSET")]
+    pub cpuset: Option<String>,
+
+    /// This broker's node id.
+    #[arg(long = "node-id", env = "SLUICE_NODE_ID", default_value_t = 1)]
+    pub node_id: i32,
+
+    /// Largest request accepted; a bigger frame closes the connection.
+    #[arg(
+        long = "socket.request.max.bytes",
+        env = "SLUICE_SOCKET_REQUEST_MAX_BYTES",
+        default_value_t = 104_857_600
+    )]
+    pub socket_request_max_bytes: usize,
+
+    /// Bytes of requests in flight per shard; connections stop being read beyond it.
+    #[arg(
+        long = "queued.max.request.bytes",
+        env = "SLUICE_QUEUED_MAX_REQUEST_BYTES",
+        default_value_t = 268_435_456
+    )]
+    pub queued_max_request_bytes: usize,
+
+    /// Requests in flight per connection (pipelined); reading pauses beyond it.
+    #[arg(
+        long = "max.inflight.requests.per.connection",
+        env = "SLUICE_MAX_INFLIGHT_REQUESTS_PER_CONNECTION",
+        default_value_t = 100
+    )]
+    pub max_inflight_requests_per_connection: usize,
+
+    /// Client connections per broker; further ones are closed at once.
+    #[arg(long = "max.connections", env = "SLUICE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest fetch response, whatever the client asks for.
+    #[arg(
+        long = "fetch.max.bytes",
+        env = "SLUICE_FETCH_MAX_BYTES",
+        default_value_t = 57_671_680
+    )]
+    pub fetch_max_bytes: usize,
+
+    /// Cache of recently written batches, per shard, for consumers near the tail.
+    #[arg(
+        long = "batch.cache.bytes",
+        env = "SLUICE_BATCH_CACHE_BYTES",
+        default_value_t = 134_217_728
+    )]
+    pub batch_cache_bytes: usize,
+
+    /// How often retention runs.
+    #[arg(
+        long = "log.retention.check.interval.ms",
+        env = "SLUICE_LOG_RETENTION_CHECK_INTERVAL_MS",
+        default_value_t = 300_000
+    )]
+    pub log_retention_check_interval_ms: u64,
+
+    /// Default partition count of new topics.
+    #[arg(long = "num.partitions", env = "SLUICE_NUM_PARTITIONS", default_value_t = 1)]
+    pub num_partitions: i32,
+
+    /// Default replication factor of new topics (1 on a single node).
+    #[arg(
+        long = "default.replication.factor",
+        env = "SLUICE_DEFAULT_REPLICATION_FACTOR",
+        default_value_t = 1
+    )]
+    pub default_replication_factor: i16,
+
+    /// Create a topic when a client asks for its metadata and allows it.
+    #[arg(long = "auto.create.topics.enable", env = "SLUICE_AUTO_CREATE_TOPICS_ENABLE", default_value_t = true, action = ArgAction::Set)]
+    pub auto_create_topics_enable: bool,
+
+    /// Default `segment.bytes`: segments roll at this size.
+    #[arg(
+        long = "log.segment.bytes",
+        env = "SLUICE_LOG_SEGMENT_BYTES",
+        default_value_t = 1_073_741_824
+    )]
+    pub log_segment_bytes: i64,
+
+    /// Default `segment.ms`: segments roll at this age.
+    #[arg(long = "log.roll.ms", env = "SLUICE_LOG_ROLL_MS", default_value_t = 604_800_000)]
+    pub log_roll_ms: i64,
+
+    /// Default `retention.ms` (-1: keep forever).
+    #[arg(
+        long = "log.retention.ms",
+        env = "SLUICE_LOG_RETENTION_MS",
+        default_value_t = 604_800_000
+    )]
+    pub log_retention_ms: i64,
+
+    /// Default `retention.bytes` per partition (-1: no limit).
+    #[arg(long = "log.retention.bytes", env = "SLUICE_LOG_RETENTION_BYTES", default_value_t = -1)]
+    pub log_retention_bytes: i64,
+
+    /// Default `index.interval.bytes`: bytes between sparse index entries.
+    #[arg(
+        long = "log.index.interval.bytes",
+        env = "SLUICE_LOG_INDEX_INTERVAL_BYTES",
+        default_value_t = 4096
+    )]
+    pub log_index_interval_bytes: i64,
+
+    /// Default `max.message.bytes`: the largest record batch accepted.
+    #[arg(
+        long = "message.max.bytes",
+        env = "SLUICE_MESSAGE_MAX_BYTES",
+        default_value_t = 1_048_588
+    )]
+    pub message_max_bytes: i64,
+
+    /// Default `cleanup.policy` (only `delete` is supported).
+    #[arg(
+        long = "log.cleanup.policy",
+        env = "SLUICE_LOG_CLEANUP_POLICY",
+        default_value = "delete"
+    )]
+    pub log_cleanup_policy: String,
+}
+
+/// Defaults for topic settings; a topic's own settings override them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDefaults {
+    pub num_partitions: i32,
+    pub replication_factor: i16,
+    pub auto_create: bool,
+    pub segment_bytes: i64,
+    pub segment_ms: i64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub index_interval_bytes: i64,
+    pub max_message_bytes: i64,
+    pub cleanup_policy: String,
+}
+
+/// Validated settings, shared read-only by every shard.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub data_dir: PathBuf,
+    /// One entry per shard: the CPU it is pinned to, if any.
+    pub shard_cpus: Vec<Option<usize>>,
+    pub node_id: i32,
+    pub request_bytes_max: usize,
+    pub queued_request_bytes_max: usize,
+    pub inflight_requests_per_connection_max: usize,
+    pub connections_max: usize,
+    pub fetch_bytes_max: usize,
+    pub batch_cache_bytes: usize,
+    pub retention_check_interval_ms: u64,
+    pub topic_defaults: TopicDefaults,
+}
+
+impl BrokerConfig {
+    pub fn shard_count(&self) -> usize {
+        self.shard_cpus.len()
+    }
+
+    /// Reads flags, environment and the `--config` file.
+    pub fn load() -> anyhow::Result<BrokerConfig> {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        let cli = Cli::parse_from(with_file_settings(args)?);
+        BrokerConfig::from_cli(cli)
+    }
+
+    pub fn from_cli(cli: Cli) -> anyhow::Result<BrokerConfig> {
+        let listen = resolve(&cli.listen).with_context(|| format!("--listen {}", cli.listen))?;
+        let advertised = cli.advertised_listener.clone().unwrap_or_else(|| listen.to_string());
+        let (host, port) = advertised
+            .rsplit_once(':')
+            .with_context(|| format!("--advertised-listener {advertised} is not HOST:PORT"))?;
+        let advertised_port: u16 = port
+            .parse()
+            .with_context(|| format!("--advertised-listener {advertised}: bad port"))?;
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shard_cpus = match cli.cpuset.as_deref() {
+            Some("none") => vec![None; cli.cores.unwrap_or(online).max(1)],
+            Some(list) => {
+                let cpus = parse_cpu_list(list).with_context(|| format!("--cpuset {list}"))?;
+                let cores = cli.cores.unwrap_or(cpus.len());
+                if cores == 0 || cores > cpus.len() {
+                    bail!(
+                        "--cores {cores} needs between 1 and {} CPUs from --cpuset {list}",
+                        cpus.len()
+                    );
+                }
+                cpus.into_iter().take(cores).map(Some).collect()
+            }
+            None => {
+                let cores = cli.cores.unwrap_or(online);
+                if cores == 0 {
+                    bail!("--cores must be at least 1");
+                }
+                // More shards than CPUs would pin two to one core: leave
+                // them to the scheduler instead.
+                (0..cores).map(|i| (cores <= online).then_some(i)).collect()
+            }
+        };
+        let defaults = TopicDefaults {
+            num_partitions: cli.num_partitions,
+            replication_factor: cli.default_replication_factor,
+            auto_create: cli.auto_create_topics_enable,
+            segment_bytes: cli.log_segment_bytes,
+            segment_ms: cli.log_roll_ms,
+            retention_ms: cli.log_retention_ms,
+            retention_bytes: cli.log_retention_bytes,
+            index_interval_bytes: cli.log_index_interval_bytes,
+            max_message_bytes: cli.message_max_bytes,
+            cleanup_policy: cli.log_cleanup_policy.clone(),
+        };
+        if defaults.num_partitions < 1 {
+            bail!("num.partitions must be at least 1");
+        }
+        if defaults.replication_factor != 1 {
+            bail!("default.replication.factor must be 1 on a single node");
+        }
+        crate::topic_config::validate_defaults(&defaults)?;
+        if cli.socket_request_max_bytes < 1024 {
+            bail!("socket.request.max.bytes must be at least 1024");
+        }
+        if cli.queued_max_request_bytes < cli.socket_request_max_bytes {
+            bail!("queued.max.request.bytes must be at least socket.request.max.bytes");
+        }
+        if cli.max_inflight_requests_per_connection == 0 || cli.max_connections == 0 {
+            bail!("max.inflight.requests.per.connection and max.connections must be positive");
+        }
+        Ok(BrokerConfig {
+            listen,
+            advertised_host: host.to_string(),
+            advertised_port: i32::from(advertised_port),
+            data_dir: cli.data_dir,
+            shard_cpus,
+            node_id: cli.node_id,
+            request_bytes_max: cli.socket_request_max_bytes,
+            queued_request_bytes_max: cli.queued_max_request_bytes,
+            inflight_requests_per_connection_max: cli.max_inflight_requests_per_connection,
+            connections_max: cli.max_connections,
+            fetch_bytes_max: cli.fetch_max_bytes.max(1024),
+            batch_cache_bytes: cli.batch_cache_bytes,
+            retention_check_interval_ms: cli.log_retention_check_interval_ms.max(100),
+            topic_defaults: defaults,
+        })
+    }
+}
+
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))
+}
+
+/// Puts the `--config` file's settings before the real arguments, as flags,
+/// except those whose environment variable is set (the variable wins).
+fn with_file_settings(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
+    let path = config_path(&args).or_else(|| std::env::var_os("SLUICE_CONFIG").map(PathBuf::from));
+    let Some(path) = path else {
+        return Ok(args);
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+    let mut settings = Vec::new();
+    flatten("", &toml::Value::Table(table), &mut settings)?;
+    let command = Cli::command();
+    let mut out = vec![args.first().cloned().unwrap_or_else(|| "sluice".into())];
+    for (key, value) in settings {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
+            .with_context(|| format!("{}: unknown setting {key:?}", path.display()))?;
+        if arg.get_env().is_some_and(|env| std::env::var_os(env).is_some()) {
+            continue;
+        }
+        out.push(format!("--{key}={value}").into());
+    }
+    out.extend(args.into_iter().skip(1));
+    Ok(out)
+}
+
+fn config_path(args: &[OsString]) -> Option<PathBuf> {
+    let mut iter = args.iter().skip(1);
+    while let Some(a) = iter.next() {
+        let s = a.to_string_lossy();
+        if s == "--config" {
+            return iter.next().map(PathBuf::from);
+        }
+        if let Some(p) = s.strip_prefix("--config=") {
+            return Some(PathBuf::from(p));
+        }
+    }
+    None
+}
+
+/// `a.b = 1` and `"a.b" = 1` both become `("a.b", "1")`.
+fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) -> anyhow::Result<()> {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out)?;
+            }
+        }
+        toml::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        toml::Value::Integer(i) => out.push((prefix.to_string(), i.to_string())),
+        toml::Value::Boolean(b) => out.push((prefix.to_string(), b.to_string())),
+        toml::Value::Float(f) => out.push((prefix.to_string(), f.to_string())),
+        other => bail!("setting {prefix}: unsupported value {other}"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> BrokerConfig {
+        BrokerConfig::from_cli(Cli::parse_from(args)).unwrap()
+    }
+
+    #[test]
+    fn defaults_describe_a_single_local_broker() {
+        let c = parse(&["sluice"]);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!((c.advertised_host.as_str(), c.advertised_port), ("127.0.0.1", 9092));
+        assert_eq!(c.data_dir, PathBuf::from("./sluice-data"));
+        assert_eq!(c.topic_defaults.segment_bytes, 1 << 30);
+        assert!(c.topic_defaults.auto_create);
+        assert!(c.shard_count() >= 1);
+    }
+
+    #[test]
+    fn cpuset_pins_shards_in_order() {
+        let c = parse(&["sluice", "--cpuset", "0-1", "--cores", "2"]);
+        assert_eq!(c.shard_cpus, vec![Some(0), Some(1)]);
+        let c = parse(&["sluice", "--cpuset", "none", "--cores", "3"]);
+        assert_eq!(c.shard_cpus, vec![None, None, None]);
+        assert!(BrokerConfig::from_cli(Cli::parse_from(["sluice", "--cpuset", "0", "--cores", "2"])).is_err());
+    }
+
+    #[test]
+    fn dotted_kafka_names_and_booleans_parse() {
+        let c = parse(&[
+            "sluice",
+            "--log.segment.bytes=1000000",
+            "--auto.create.topics.enable=false",
+            "--num.partitions",
+            "8",
+        ]);
+        assert_eq!(c.topic_defaults.segment_bytes, 1_000_000);
+        assert!(!c.topic_defaults.auto_create);
+        assert_eq!(c.topic_defaults.num_partitions, 8);
+    }
+
+    #[test]
+    fn file_settings_come_before_flags_and_nested_tables_flatten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:19092\"\n\"num.partitions\" = 3\n[log.segment]\nbytes = 2000000\n",
+        )
+        .unwrap();
+        let args = vec![
+            "sluice".into(),
+            "--config".into(),
+            path.clone().into(),
+            "--num.partitions".into(),
+            "5".into(),
+        ];
+        let cli = Cli::parse_from(with_file_settings(args).unwrap());
+        let c = BrokerConfig::from_cli(cli).unwrap();
+        assert_eq!(c.listen.port(), 19092);
+        assert_eq!(c.topic_defaults.num_partitions, 5, "the flag wins over the file");
+        assert_eq!(c.topic_defaults.segment_bytes, 2_000_000);
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        let args = vec!["sluice".into(), "--config".into(), path.into()];
+        assert!(with_file_settings(args).is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! One client connection: frames in, responses out, in request order.
+//!
+//! The reader splits frames off the socket, takes the frame's size from the
+//! shard's request-bytes budget before reading its body (so a shard never
+//! holds more than `queued.max.request.bytes` of requests), decodes it and
+//! starts its handler as a task. Handlers run concurrently (pipelining); the
+//! writer awaits them in the order the requests came and writes each
+//! response. Requests start in arrival order, so a connection's produce
+//! requests to one partition append in order.
+//!
+//! Bad input closes only this connection, with a log line: a frame over the
+//! size limit, a negative size, a truncated header, an unknown api key, an
+//! unsupported version (except ApiVersions, which is answered in v0 with
+//! UNSUPPORTED_VERSION so the client can downgrade), or a body that does not
+//! decode. A handler that panics closes the connection too; the shard lives.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::FutureExt;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel;
+use glommio::net::TcpStream;
+use glommio::sync::StaticPermit;
+use sluice_protocol::ResponseError;
+use sluice_protocol::api::api_versions_response;
+use sluice_protocol::frame::{FrameError, SIZE_PREFIX_BYTES, frame_size, split_frame};
+use sluice_protocol::header::peek_preamble;
+use sluice_protocol::kafka_protocol::messages::ApiKey;
+use sluice_protocol::request::{DecodeError, decode_request};
+use sluice_protocol::response::encode_response;
+use sluice_storage::local_sync::LocalNotify;
+use tracing::{debug, error, warn};
+
+use crate::handlers::{self, Outcome};
+use crate::runtime;
+use crate::shard::Shard;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// A request being handled, in the writer's queue.
+struct Pending {
+    outcome: glommio::Task<Outcome>,
+    /// The request's share of the shard's budget, returned when its
+    /// response has been written.
+    _budget: StaticPermit,
+}
+
+/// Why reading stopped.
+enum ReadEnd {
+    Eof,
+    Stopping,
+    WriterGone,
+    Lost(std::io::Error),
+    Bad(String),
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = futures_lite::io::split(stream);
+    let (queue_tx, queue_rx) = local_channel::new_bounded::<Pending>(shard.config.inflight_requests_per_connection_max);
+    let writer_gone = Rc::new((Cell::new(false), LocalNotify::default()));
+    let writer_task = runtime::spawn(write_responses(writer, queue_rx, peer, writer_gone.clone()));
+    let end = read_requests(&shard, &mut reader, &queue_tx, peer, &writer_gone).await;
+    match end {
+        ReadEnd::Bad(reason) => warn!(%peer, %reason, "closing connection after bad input"),
+        ReadEnd::Eof => debug!(%peer, "client closed the connection"),
+        ReadEnd::Stopping => debug!(%peer, "closing connection: broker stopping"),
+        ReadEnd::WriterGone => debug!(%peer, "connection lost while writing"),
+        ReadEnd::Lost(e) => debug!(%peer, error = %e, "connection lost"),
+    }
+    // Responses already queued still go out; then the socket closes.
+    drop(queue_tx);
+    writer_task.await;
+}
+
+async fn read_requests(
+    shard: &Rc<Shard>,
+    reader: &mut (impl futures_lite::io::AsyncRead + Unpin),
+    queue: &local_channel::LocalSender<Pending>,
+    peer: SocketAddr,
+    writer_gone: &Rc<(Cell<bool>, LocalNotify)>,
+) -> ReadEnd {
+    let max = shard.config.request_bytes_max;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut scratch = vec![0u8; READ_CHUNK_BYTES];
+    // Budget taken for the frame being read, before its body arrives.
+    let mut reserved: Option<(usize, StaticPermit)> = None;
+    loop {
+        // Dispatch every whole frame in the buffer.
+        loop {
+            let size = match frame_size(&buf, max) {
+                Ok(Some(size)) => size,
+                Ok(None) => break,
+                Err(e @ FrameError::NegativeSize(_)) | Err(e @ FrameError::TooLarge { .. }) => {
+                    return ReadEnd::Bad(e.to_string());
+                }
+            };
+            if reserved.as_ref().is_none_or(|(s, _)| *s != size) {
+                // Wait for budget before holding (or reading) the frame.
+                let permit = match shard.request_bytes.acquire_static_permit(size.max(1) as u64).await {
+                    Ok(p) => p,
+                    Err(_) => return ReadEnd::Stopping,
+                };
+                reserved = Some((size, permit));
+            }
+            let Ok(Some(frame)) = split_frame(&mut buf, max) else {
+                buf.reserve(SIZE_PREFIX_BYTES + size - buf.len());
+                break;
+            };
+            let (_, budget) = reserved.take().expect("budget was reserved above");
+            if let Err(reason) = dispatch(shard, frame.freeze(), budget, queue, peer).await {
+                return ReadEnd::Bad(reason);
+            }
+        }
+        if shard.is_stopping() {
+            return ReadEnd::Stopping;
+        }
+        let read = futures_lite::future::or(async { Some(reader.read(&mut scratch).await) }, async {
+            futures_lite::future::or(shard.stopped(), async {
+                while !writer_gone.0.get() {
+                    writer_gone.1.listen().await;
+                }
+            })
+            .await;
+            None
+        })
+        .await;
+        match read {
+            None if writer_gone.0.get() => return ReadEnd::WriterGone,
+            None => return ReadEnd::Stopping,
+            Some(Ok(0)) => return ReadEnd::Eof,
+            Some(Ok(n)) => buf.extend_from_slice(&scratch[..n]),
+            Some(Err(e)) => return ReadEnd::Lost(e),
+        }
+    }
+}
+
+/// Decodes a frame and queues its handling. An error means: close.
+async fn dispatch(
+    shard: &Rc<Shard>,
+    frame: Bytes,
+    budget: StaticPermit,
+    queue: &local_channel::LocalSender<Pending>,
+    peer: SocketAddr,
+) -> Result<(), String> {
+    let outcome: glommio::Task<Outcome> = match decode_request(frame.clone()) {
+        Ok(request) => {
+            let shard = shard.clone();
+            let api = request.api_key;
+            runtime::spawn(async move {
+                match AssertUnwindSafe(handlers::handle(shard, request)).catch_unwind().await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        error!(%peer, ?api, "request handler panicked; closing the connection");
+                        Outcome::Close
+                    }
+                }
+            })
+        }
+        Err(DecodeError::UnsupportedVersion { api_key, api_version }) if api_key == ApiKey::ApiVersions as i16 => {
+            // Answer in v0 with the supported ranges so the client can pick.
+            let correlation_id = peek_preamble(&frame).map_or(0, |p| p.correlation_id);
+            debug!(%peer, api_version, "ApiVersions of an unsupported version: answering in v0");
+            let body = api_versions_response(ResponseError::UnsupportedVersion.code());
+            let bytes = encode_response(ApiKey::ApiVersions, 0, correlation_id, &body).map_err(|e| e.to_string())?;
+            runtime::spawn(async move { Outcome::Respond(bytes) })
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    queue
+        .send(Pending {
+            outcome,
+            _budget: budget,
+        })
+        .await
+        .map_err(|_| "the connection's writer stopped".to_string())
+}
+
+async fn write_responses(
+    mut writer: impl futures_lite::io::AsyncWrite + Unpin,
+    queue: local_channel::LocalReceiver<Pending>,
+    peer: SocketAddr,
+    gone: Rc<(Cell<bool>, LocalNotify)>,
+) {
+    while let Some(pending) = queue.recv().await {
+        match pending.outcome.await {
+            Outcome::Respond(bytes) => {
+                if let Err(e) = writer.write_all(&bytes).await {
+                    debug!(%peer, error = %e, "write failed");
+                    break;
+                }
+            }
+            Outcome::NoResponse => {}
+            Outcome::Close => break,
+        }
+    }
+    let _ = writer.close().await;
+    gone.0.set(true);
+    gone.1.notify_all();
+}

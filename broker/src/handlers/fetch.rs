@@ -1,0 +1,277 @@
+//! Fetch (v4-v16). Partitions are read on their owning shards, up to the
+//! high watermark (the durable offset), whole batches only: a fetch from
+//! the middle of a batch returns that whole batch. When less than
+//! `min_bytes` is available the request waits, up to `max_wait_ms`, and is
+//! woken early when any requested partition gains data.
+//!
+//! Limits: each partition returns at most `partition_max_bytes` and the
+//! response at most `max_bytes` (capped by the broker's `fetch.max.bytes`),
+//! except that the first partition with data always returns at least one
+//! batch, so a batch larger than the limits still reaches the consumer.
+//!
+//! Fetch sessions (KIP-227) are not kept: every response is a full one with
+//! session id 0, which clients take as "sessions unsupported".
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use sluice_protocol::ResponseError;
+use sluice_protocol::kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use sluice_protocol::kafka_protocol::messages::{FetchRequest, FetchResponse};
+use sluice_storage::{Offset, ReadLimits, ServedBatch};
+
+use crate::error::storage_error_code;
+use crate::runtime;
+use crate::shard::Shard;
+
+/// One requested partition.
+#[derive(Debug, Clone)]
+struct Slot {
+    topic: usize,
+    partition_pos: usize,
+    name: String,
+    index: i32,
+    fetch_offset: i64,
+    partition_max_bytes: usize,
+}
+
+/// What a partition read returned.
+#[derive(Debug)]
+struct SlotRead {
+    error_code: i16,
+    high_watermark: i64,
+    log_start_offset: i64,
+    batches: Vec<ServedBatch>,
+}
+
+impl SlotRead {
+    fn error(code: i16) -> SlotRead {
+        SlotRead {
+            error_code: code,
+            high_watermark: -1,
+            log_start_offset: -1,
+            batches: Vec::new(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.batches.iter().map(|b| b.len()).sum()
+    }
+}
+
+pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> FetchResponse {
+    if request.session_id != 0 {
+        return FetchResponse::default()
+            .with_error_code(ResponseError::FetchSessionIdNotFound.code())
+            .with_session_id(0);
+    }
+    let metadata = shard.metadata();
+    let read_committed = request.isolation_level == 1;
+    let max_wait = runtime::client_wait(i64::from(request.max_wait_ms));
+    let min_bytes = request.min_bytes.max(0) as usize;
+    let max_bytes = match request.max_bytes {
+        n if n > 0 => (n as usize).min(shard.config.fetch_bytes_max),
+        _ => shard.config.fetch_bytes_max,
+    };
+    let mut response = FetchResponse::default();
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut fixed: Vec<(usize, usize, SlotRead)> = Vec::new();
+    for (ti, topic) in request.topics.iter().enumerate() {
+        let found = if version >= 13 {
+            metadata.topic_by_id(&topic.topic_id)
+        } else {
+            metadata.topic(&topic.topic)
+        };
+        let mut out = FetchableTopicResponse::default();
+        if version >= 13 {
+            out.topic_id = topic.topic_id;
+        } else {
+            out.topic = topic.topic.clone();
+        }
+        for (pi, p) in topic.partitions.iter().enumerate() {
+            out.partitions
+                .push(PartitionData::default().with_partition_index(p.partition));
+            match found {
+                Some(t) if (0..t.partitions).contains(&p.partition) => slots.push(Slot {
+                    topic: ti,
+                    partition_pos: pi,
+                    name: t.name.clone(),
+                    index: p.partition,
+                    fetch_offset: p.fetch_offset,
+                    partition_max_bytes: p.partition_max_bytes.max(0) as usize,
+                }),
+                Some(_) => fixed.push((ti, pi, SlotRead::error(ResponseError::UnknownTopicOrPartition.code()))),
+                None if version >= 13 => fixed.push((ti, pi, SlotRead::error(ResponseError::UnknownTopicId.code()))),
+                None => fixed.push((ti, pi, SlotRead::error(ResponseError::UnknownTopicOrPartition.code()))),
+            }
+        }
+        response.responses.push(out);
+    }
+
+    let mut by_owner: BTreeMap<usize, Vec<(usize, Slot)>> = BTreeMap::new();
+    for (i, slot) in slots.iter().enumerate() {
+        by_owner
+            .entry(shard.owner_of(&slot.name, slot.index))
+            .or_default()
+            .push((i, slot.clone()));
+    }
+    let deadline = Instant::now() + max_wait;
+    let reads = loop {
+        let reads = read_all(shard, &by_owner, slots.len()).await;
+        let available: usize = reads.iter().map(|r| r.bytes()).sum();
+        let any_error = reads.iter().any(|r| r.error_code != 0);
+        if available >= min_bytes || any_error || Instant::now() >= deadline || shard.is_stopping() || slots.is_empty()
+        {
+            break reads;
+        }
+        wait_for_data(shard, &by_owner, deadline).await;
+    };
+
+    // Assemble in request order, within max_bytes; the first partition with
+    // data returns at least its first batch.
+    let mut budget = max_bytes;
+    let mut returned_any = false;
+    let mut place = |ti: usize, pi: usize, read: SlotRead, budget: &mut usize, returned_any: &mut bool| {
+        let p = &mut response.responses[ti].partitions[pi];
+        p.error_code = read.error_code;
+        p.high_watermark = read.high_watermark;
+        p.last_stable_offset = read.high_watermark;
+        if version >= 5 {
+            p.log_start_offset = read.log_start_offset;
+        }
+        if read_committed {
+            p.aborted_transactions = Some(Vec::new());
+        }
+        let mut records = BytesMut::new();
+        for batch in &read.batches {
+            if batch.len() > *budget && *returned_any {
+                break;
+            }
+            *budget = budget.saturating_sub(batch.len());
+            *returned_any = true;
+            batch.write_to(&mut records);
+        }
+        p.records = Some(records.freeze());
+    };
+    let mut reads: Vec<Option<SlotRead>> = reads.into_iter().map(Some).collect();
+    for (i, slot) in slots.iter().enumerate() {
+        let read = reads[i].take().expect("one read per slot");
+        place(slot.topic, slot.partition_pos, read, &mut budget, &mut returned_any);
+    }
+    for (ti, pi, read) in fixed {
+        place(ti, pi, read, &mut budget, &mut returned_any);
+    }
+    response
+}
+
+/// Reads every slot on its owner; results in slot order.
+async fn read_all(
+    shard: &Rc<Shard>,
+    by_owner: &BTreeMap<usize, Vec<(usize, Slot)>>,
+    slot_count: usize,
+) -> Vec<SlotRead> {
+    let calls: Vec<_> = by_owner
+        .iter()
+        .map(|(owner, slots)| {
+            let slots = slots.clone();
+            let indexes: Vec<usize> = slots.iter().map(|(i, _)| *i).collect();
+            let call = shard.invoke_on(*owner, move |s| async move { read_on_owner(&s, slots).await });
+            async move {
+                match call.await {
+                    Ok(reads) => reads,
+                    Err(_) => indexes
+                        .into_iter()
+                        .map(|i| (i, SlotRead::error(ResponseError::NotLeaderOrFollower.code())))
+                        .collect(),
+                }
+            }
+        })
+        .collect();
+    let mut out: Vec<Option<SlotRead>> = (0..slot_count).map(|_| None).collect();
+    for reads in sluice_storage::local_sync::join_bounded(calls, shard.count).await {
+        for (i, r) in reads {
+            out[i] = Some(r);
+        }
+    }
+    out.into_iter().map(|r| r.expect("every slot was read")).collect()
+}
+
+async fn read_on_owner(shard: &Rc<Shard>, slots: Vec<(usize, Slot)>) -> Vec<(usize, SlotRead)> {
+    let mut out = Vec::with_capacity(slots.len());
+    for (i, slot) in slots {
+        let Some(partition) = shard.partition(&slot.name, slot.index) else {
+            out.push((i, SlotRead::error(ResponseError::NotLeaderOrFollower.code())));
+            continue;
+        };
+        let high_watermark = partition.high_watermark();
+        let log_start = partition.log_start_offset();
+        let limits = ReadLimits {
+            bytes_max: slot.partition_max_bytes,
+            upper: high_watermark,
+            min_one: true,
+        };
+        let read = match partition.log.read(Offset(slot.fetch_offset), limits).await {
+            Ok(batches) => SlotRead {
+                error_code: 0,
+                high_watermark: high_watermark.0,
+                log_start_offset: log_start.0,
+                batches,
+            },
+            Err(e) => SlotRead {
+                error_code: storage_error_code(&format!("fetch from {}-{}", slot.name, slot.index), &e),
+                high_watermark: high_watermark.0,
+                log_start_offset: log_start.0,
+                batches: Vec::new(),
+            },
+        };
+        out.push((i, read));
+    }
+    out
+}
+
+/// Waits until any slot's partition may have new data, the deadline, or
+/// shutdown.
+async fn wait_for_data(shard: &Rc<Shard>, by_owner: &BTreeMap<usize, Vec<(usize, Slot)>>, deadline: Instant) {
+    let waits: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = by_owner
+        .iter()
+        .map(|(owner, slots)| {
+            let slots: Vec<Slot> = slots.iter().map(|(_, s)| s.clone()).collect();
+            let call = shard.invoke_on(*owner, move |s| async move { wait_on_owner(&s, slots, deadline).await });
+            Box::pin(async move {
+                let _ = call.await;
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
+        })
+        .collect();
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let stop = Box::pin(async move {
+        shard.stopped().await;
+    });
+    let mut all = waits;
+    all.push(stop);
+    runtime::timeout(remaining, runtime::first_of(all)).await;
+}
+
+/// On the owner: returns once any of the partitions has data at or past its
+/// fetch offset below the high watermark, or at the deadline.
+async fn wait_on_owner(shard: &Rc<Shard>, slots: Vec<Slot>, deadline: Instant) {
+    let partitions: Vec<_> = slots
+        .iter()
+        .filter_map(|s| shard.partition(&s.name, s.index).map(|p| (p, s.fetch_offset)))
+        .collect();
+    let remaining = deadline
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(300));
+    // Listen first, then check: a change between the two is not missed.
+    let changed: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = partitions
+        .iter()
+        .map(|(p, _)| Box::pin(p.log.durable_changed()) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>)
+        .collect();
+    if partitions.iter().any(|(p, offset)| p.high_watermark().0 > *offset) || partitions.is_empty() {
+        return;
+    }
+    let mut all = changed;
+    all.push(Box::pin(shard.stopped()));
+    runtime::timeout(remaining, runtime::first_of(all)).await;
+}

@@ -1,0 +1,60 @@
+//! Provides compression utilities for encoding records.
+//!
+//! This module has implementations of gzip, Snappy, as well as a noop compression format that
+//! allows encoding and decoding records into a [`Record`](crate::records::Record).
+
+use crate::protocol::buf::{ByteBuf, ByteBufMut};
+use anyhow::Result;
+
+#[cfg(feature = "gzip")]
+mod gzip;
+#[cfg(feature = "lz4")]
+mod lz4;
+mod none;
+#[cfg(feature = "snappy")]
+mod snappy;
+#[cfg(feature = "zstd")]
+mod zstd;
+
+#[cfg(feature = "gzip")]
+pub use gzip::Gzip;
+#[cfg(feature = "lz4")]
+pub use lz4::Lz4;
+pub use none::None;
+#[cfg(feature = "snappy")]
+pub use snappy::Snappy;
+#[cfg(feature = "zstd")]
+pub use zstd::Zstd;
+
+/// Sluice patch: the most bytes any decompressor will produce from one
+/// batch. Past it decompression fails instead of exhausting memory on a
+/// hostile input (a "zip bomb").
+pub const DECOMPRESSED_BYTES_MAX: usize = 256 << 20;
+
+/// Sluice patch: fails when decompressed output passed the limit.
+fn check_decompressed_len(len: usize) -> Result<()> {
+    if len > DECOMPRESSED_BYTES_MAX {
+        anyhow::bail!("decompressed batch exceeds {DECOMPRESSED_BYTES_MAX} bytes");
+    }
+    Ok(())
+}
+
+/// A trait for record compression algorithms.
+pub trait Compressor<B: ByteBufMut> {
+    /// Target buffer type for compression.
+    type BufMut: ByteBufMut;
+    /// Compresses into provided [`ByteBufMut`], with records encoded by `F` into `R`.
+    fn compress<R, F>(buf: &mut B, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut Self::BufMut) -> Result<R>;
+}
+
+/// A trait for record decompression algorithms.
+pub trait Decompressor<B: ByteBuf> {
+    /// Target buffer type for decompression.
+    type Buf: ByteBuf;
+    /// Decompress records from `B` mapped using `F` into `R`.
+    fn decompress<R, F>(buf: &mut B, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut Self::Buf) -> Result<R>;
+}
