@@ -10,6 +10,8 @@ pub mod frame;
 pub mod header;
 pub mod legacy_produce;
 pub mod records;
+#[doc(hidden)]
+pub mod fuzz_support;
 pub mod request;
 pub mod response;
 

@@ -35,8 +35,8 @@ pub struct AppenderConfig {
 
 impl AppenderConfig {
     pub fn validate(&self) {
-        assert!(self.chunk_bytes >= ALIGN && self.chunk_bytes % ALIGN == 0);
-        assert!(self.preallocate_bytes >= ALIGN as u64 && self.preallocate_bytes % ALIGN as u64 == 0);
+        assert!(self.chunk_bytes >= ALIGN && self.chunk_bytes.is_multiple_of(ALIGN));
+        assert!(self.preallocate_bytes >= ALIGN as u64 && self.preallocate_bytes.is_multiple_of(ALIGN as u64));
     }
 }
 
@@ -157,7 +157,7 @@ impl<F: StorageFile> Appender<F> {
                 let fill = self.last_fill;
                 let padded = align_up(fill as u64) as usize;
                 buf.as_mut_slice()[fill..padded].fill(0);
-                if fill % ALIGN != 0 {
+                if !fill.is_multiple_of(ALIGN) {
                     carried = Some(buf.as_slice()[align_down(fill as u64) as usize..fill].to_vec());
                 }
                 buf.trim_to(padded);

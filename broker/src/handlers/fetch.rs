@@ -119,7 +119,7 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
     }
     let deadline = Instant::now() + max_wait;
     let reads = loop {
-        let reads = read_all(shard, &by_owner, slots.len()).await;
+        let reads = read_all(shard, &by_owner, slots.len(), max_bytes).await;
         let available: usize = reads.iter().map(|r| r.bytes()).sum();
         let any_error = reads.iter().any(|r| r.error_code != 0);
         if available >= min_bytes || any_error || Instant::now() >= deadline || shard.is_stopping() || slots.is_empty()
@@ -171,13 +171,14 @@ async fn read_all(
     shard: &Rc<Shard>,
     by_owner: &BTreeMap<usize, Vec<(usize, Slot)>>,
     slot_count: usize,
+    max_bytes: usize,
 ) -> Vec<SlotRead> {
     let calls: Vec<_> = by_owner
         .iter()
         .map(|(owner, slots)| {
             let slots = slots.clone();
             let indexes: Vec<usize> = slots.iter().map(|(i, _)| *i).collect();
-            let call = shard.invoke_on(*owner, move |s| async move { read_on_owner(&s, slots).await });
+            let call = shard.invoke_on(*owner, move |s| async move { read_on_owner(&s, slots, max_bytes).await });
             async move {
                 match call.await {
                     Ok(reads) => reads,
@@ -198,8 +199,11 @@ async fn read_all(
     out.into_iter().map(|r| r.expect("every slot was read")).collect()
 }
 
-async fn read_on_owner(shard: &Rc<Shard>, slots: Vec<(usize, Slot)>) -> Vec<(usize, SlotRead)> {
+/// Reads the owner's slots in order within the response's byte budget, so
+/// a fetch of many partitions holds at most about `max_bytes` per shard.
+async fn read_on_owner(shard: &Rc<Shard>, slots: Vec<(usize, Slot)>, max_bytes: usize) -> Vec<(usize, SlotRead)> {
     let mut out = Vec::with_capacity(slots.len());
+    let mut budget = max_bytes;
     for (i, slot) in slots {
         let Some(partition) = shard.partition(&slot.name, slot.index) else {
             out.push((i, SlotRead::error(ResponseError::NotLeaderOrFollower.code())));
@@ -208,9 +212,11 @@ async fn read_on_owner(shard: &Rc<Shard>, slots: Vec<(usize, Slot)>) -> Vec<(usi
         let high_watermark = partition.high_watermark();
         let log_start = partition.log_start_offset();
         let limits = ReadLimits {
-            bytes_max: slot.partition_max_bytes,
+            bytes_max: slot.partition_max_bytes.min(budget),
             upper: high_watermark,
-            min_one: true,
+            // The first batch of the first partition with data comes even
+            // when larger than the limits (KIP-74).
+            min_one: budget == max_bytes,
         };
         let read = match partition.log.read(Offset(slot.fetch_offset), limits).await {
             Ok(batches) => SlotRead {
@@ -226,6 +232,7 @@ async fn read_on_owner(shard: &Rc<Shard>, slots: Vec<(usize, Slot)>) -> Vec<(usi
                 batches: Vec::new(),
             },
         };
+        budget = budget.saturating_sub(read.bytes());
         out.push((i, read));
     }
     out

@@ -25,7 +25,7 @@ impl IoBuffer for DmaBuffer {
     }
 
     fn trim_to(&mut self, len: usize) {
-        assert!(len <= self.len() && len % ALIGN == 0);
+        assert!(len <= self.len() && len.is_multiple_of(ALIGN));
         self.trim_to_size(len);
     }
 }
@@ -144,12 +144,12 @@ impl StorageFile for DmaStorageFile {
     type Buffer = DmaBuffer;
 
     fn alloc_buffer(&self, len: usize) -> DmaBuffer {
-        assert!(len % ALIGN == 0 && len > 0);
+        assert!(len.is_multiple_of(ALIGN) && len > 0);
         self.file.alloc_dma_buffer(len)
     }
 
     async fn write_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
-        assert!(pos % ALIGN as u64 == 0);
+        assert!(pos.is_multiple_of(ALIGN as u64));
         self.file.write_rc_at(buf, pos).await.map_err(io::Error::from)
     }
 

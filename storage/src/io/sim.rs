@@ -397,7 +397,7 @@ impl IoBuffer for SimBuffer {
     }
 
     fn trim_to(&mut self, len: usize) {
-        assert!(len <= self.0.len() && len % ALIGN == 0);
+        assert!(len <= self.0.len() && len.is_multiple_of(ALIGN));
         self.0.truncate(len);
     }
 }
@@ -411,7 +411,7 @@ impl StorageFile for SimFile {
     type Buffer = SimBuffer;
 
     fn alloc_buffer(&self, len: usize) -> SimBuffer {
-        assert!(len % ALIGN == 0 && len > 0);
+        assert!(len.is_multiple_of(ALIGN) && len > 0);
         // Unspecified contents, as on the real disk: fill with a pattern so a
         // writer that forgets to zero its padding is caught by tests.
         SimBuffer(vec![0xA5; len])
@@ -419,7 +419,7 @@ impl StorageFile for SimFile {
 
     async fn write_at(&self, buf: Rc<SimBuffer>, pos: u64) -> io::Result<usize> {
         let bytes = buf.as_slice();
-        assert!(pos % ALIGN as u64 == 0 && bytes.len() % ALIGN == 0);
+        assert!(pos.is_multiple_of(ALIGN as u64) && bytes.len().is_multiple_of(ALIGN));
         let mut st = self.fs.state.borrow_mut();
         let write_eio_ppm = st.faults.write_eio_ppm;
         let short_write_ppm = st.faults.short_write_ppm;
