@@ -104,6 +104,34 @@ pub struct Cli {
     )]
     pub log_retention_check_interval_ms: u64,
 
+    /// Shortest session timeout a consumer group member may ask for.
+    #[arg(
+        long = "group.min.session.timeout.ms",
+        env = "SLUICE_GROUP_MIN_SESSION_TIMEOUT_MS",
+        default_value_t = 6000
+    )]
+    pub group_min_session_timeout_ms: u64,
+
+    /// Longest session timeout a consumer group member may ask for.
+    #[arg(
+        long = "group.max.session.timeout.ms",
+        env = "SLUICE_GROUP_MAX_SESSION_TIMEOUT_MS",
+        default_value_t = 1_800_000
+    )]
+    pub group_max_session_timeout_ms: u64,
+
+    /// How long a new group's first rebalance waits for more members.
+    #[arg(
+        long = "group.initial.rebalance.delay.ms",
+        env = "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        default_value_t = 3000
+    )]
+    pub group_initial_rebalance_delay_ms: u64,
+
+    /// Members a consumer group may have.
+    #[arg(long = "group.max.size", env = "SLUICE_GROUP_MAX_SIZE", default_value_t = 10_000)]
+    pub group_max_size: usize,
+
     /// Default partition count of new topics.
     #[arg(long = "num.partitions", env = "SLUICE_NUM_PARTITIONS", default_value_t = 1)]
     pub num_partitions: i32,
@@ -202,6 +230,7 @@ pub struct BrokerConfig {
     pub batch_cache_bytes: usize,
     pub retention_check_interval_ms: u64,
     pub topic_defaults: TopicDefaults,
+    pub group_limits: crate::group::state::GroupLimits,
 }
 
 impl BrokerConfig {
@@ -274,6 +303,9 @@ impl BrokerConfig {
         if cli.queued_max_request_bytes < cli.socket_request_max_bytes {
             bail!("queued.max.request.bytes must be at least socket.request.max.bytes");
         }
+        if cli.group_min_session_timeout_ms > cli.group_max_session_timeout_ms {
+            bail!("group.min.session.timeout.ms is above group.max.session.timeout.ms");
+        }
         if cli.max_inflight_requests_per_connection == 0 || cli.max_connections == 0 {
             bail!("max.inflight.requests.per.connection and max.connections must be positive");
         }
@@ -292,6 +324,12 @@ impl BrokerConfig {
             batch_cache_bytes: cli.batch_cache_bytes,
             retention_check_interval_ms: cli.log_retention_check_interval_ms.max(100),
             topic_defaults: defaults,
+            group_limits: crate::group::state::GroupLimits {
+                session_timeout_min: std::time::Duration::from_millis(cli.group_min_session_timeout_ms),
+                session_timeout_max: std::time::Duration::from_millis(cli.group_max_session_timeout_ms),
+                initial_rebalance_delay: std::time::Duration::from_millis(cli.group_initial_rebalance_delay_ms),
+                members_max: cli.group_max_size.max(1),
+            },
         })
     }
 }

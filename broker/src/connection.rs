@@ -153,7 +153,10 @@ async fn dispatch(
             let shard = shard.clone();
             let api = request.api_key;
             runtime::spawn(async move {
-                match AssertUnwindSafe(handlers::handle(shard, request)).catch_unwind().await {
+                match AssertUnwindSafe(handlers::handle(shard, request, peer))
+                    .catch_unwind()
+                    .await
+                {
                     Ok(outcome) => outcome,
                     Err(_) => {
                         error!(%peer, ?api, "request handler panicked; closing the connection");

@@ -246,11 +246,13 @@ impl Controller {
                 topics.insert(t.name.clone(), t);
             }));
         }
-        if !validate_only && results.iter().any(|r| r.is_ok())
-            && let Err(e) = self.commit(shard, topics).await {
-                let error = ApiError::new(ResponseError::UnknownServerError, format!("{e:#}"));
-                return results.into_iter().map(|r| r.and(Err(error.clone()))).collect();
-            }
+        if !validate_only
+            && results.iter().any(|r| r.is_ok())
+            && let Err(e) = self.commit(shard, topics).await
+        {
+            let error = ApiError::new(ResponseError::UnknownServerError, format!("{e:#}"));
+            return results.into_iter().map(|r| r.and(Err(error.clone()))).collect();
+        }
         results
     }
 
@@ -298,11 +300,13 @@ impl Controller {
                 topics.insert(t.name.clone(), t);
             }));
         }
-        if !validate_only && results.iter().any(|r| r.is_ok())
-            && let Err(e) = self.commit(shard, topics).await {
-                let error = ApiError::new(ResponseError::UnknownServerError, format!("{e:#}"));
-                return results.into_iter().map(|r| r.and(Err(error.clone()))).collect();
-            }
+        if !validate_only
+            && results.iter().any(|r| r.is_ok())
+            && let Err(e) = self.commit(shard, topics).await
+        {
+            let error = ApiError::new(ResponseError::UnknownServerError, format!("{e:#}"));
+            return results.into_iter().map(|r| r.and(Err(error.clone()))).collect();
+        }
         results
     }
 

@@ -5,6 +5,7 @@ mod connection;
 mod controller;
 mod cpuset;
 mod error;
+mod group;
 mod handlers;
 mod metadata;
 mod partition;

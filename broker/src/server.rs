@@ -184,7 +184,10 @@ async fn shard_main(
         controller::broadcast(&shard, initial).await?;
     }
     shard.wait_ready().await;
+    shard.groups.open(&shard).await.context("opening the group logs")?;
+    shard.groups.purge_deleted_topics(&shard.metadata()).await;
     shard.start_retention();
+    shard.start_group_ticker();
     {
         let shard = shard.clone();
         runtime::spawn_detached(async move {
@@ -240,6 +243,7 @@ async fn shard_main(
         .await
         .context("waiting for other shards to drain")?;
     shard.close_partitions().await;
+    shard.groups.close().await;
     info!(shard = shard.id, "shard stopped");
     Ok(())
 }

@@ -52,6 +52,8 @@ pub struct Shard {
     partitions: RefCell<HashMap<String, BTreeMap<i32, Rc<Partition>>>>,
     senders: Senders<ShardTask>,
     controller: Option<Controller>,
+    /// The consumer groups this shard coordinates.
+    pub groups: crate::group::GroupCoordinator,
     /// Bytes of requests in flight on this shard (`queued.max.request.bytes`).
     pub request_bytes: Rc<Semaphore>,
     pub connections: Cell<usize>,
@@ -77,6 +79,7 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             senders,
             controller: (id == 0).then(Controller::new),
+            groups: crate::group::GroupCoordinator::new(config.group_limits),
             request_bytes: Rc::new(Semaphore::new(config.queued_request_bytes_max as u64)),
             connections: Cell::new(0),
             ready: Cell::new(false),
@@ -247,6 +250,7 @@ impl Shard {
                 ),
             }
         }
+        self.groups.purge_deleted_topics(&next).await;
         *self.metadata.borrow_mut() = next;
         if !self.ready.replace(true) {
             self.ready_notify.notify_all();
@@ -293,6 +297,19 @@ impl Shard {
             })
             .collect();
         join_bounded(closes, PARTITION_OPENS_IN_FLIGHT_MAX).await;
+    }
+
+    /// Group sessions and rebalance deadlines, until the shard stops.
+    pub fn start_group_ticker(self: &Rc<Self>) {
+        let shard = self.clone();
+        runtime::spawn_detached(async move {
+            while runtime::timeout(crate::group::TICK_INTERVAL, shard.stopped())
+                .await
+                .is_none()
+            {
+                shard.groups.tick().await;
+            }
+        });
     }
 
     /// Retention, forever, at the configured interval.

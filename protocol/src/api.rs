@@ -33,6 +33,17 @@ pub const SERVED_APIS: &[ServedApi] = &[
     served(ApiKey::IncrementalAlterConfigs, 0, 1),
     served(ApiKey::DeleteRecords, 0, 2),
     served(ApiKey::DescribeCluster, 0, 1),
+    served(ApiKey::FindCoordinator, 0, 5),
+    served(ApiKey::JoinGroup, 0, 9),
+    served(ApiKey::SyncGroup, 0, 5),
+    served(ApiKey::Heartbeat, 0, 4),
+    served(ApiKey::LeaveGroup, 0, 5),
+    served(ApiKey::OffsetCommit, 2, 9),
+    served(ApiKey::OffsetFetch, 1, 9),
+    served(ApiKey::ListGroups, 0, 5),
+    served(ApiKey::DescribeGroups, 0, 5),
+    served(ApiKey::DeleteGroups, 0, 2),
+    served(ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The served range of an api key, if it is served at all.

@@ -7,11 +7,11 @@
 
 pub mod api;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz_support;
 pub mod header;
 pub mod legacy_produce;
 pub mod records;
-#[doc(hidden)]
-pub mod fuzz_support;
 pub mod request;
 pub mod response;
 

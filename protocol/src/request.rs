@@ -25,6 +25,17 @@ pub enum Request {
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
     DeleteRecords(DeleteRecordsRequest),
     DescribeCluster(DescribeClusterRequest),
+    FindCoordinator(FindCoordinatorRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    ListGroups(ListGroupsRequest),
+    DescribeGroups(DescribeGroupsRequest),
+    DeleteGroups(DeleteGroupsRequest),
+    OffsetDelete(OffsetDeleteRequest),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +103,17 @@ pub fn decode_request(frame: Bytes) -> Result<DecodedRequest, DecodeError> {
         ApiKey::IncrementalAlterConfigs => decode_body(api, version, &mut body, Request::IncrementalAlterConfigs)?,
         ApiKey::DeleteRecords => decode_body(api, version, &mut body, Request::DeleteRecords)?,
         ApiKey::DescribeCluster => decode_body(api, version, &mut body, Request::DescribeCluster)?,
+        ApiKey::FindCoordinator => decode_body(api, version, &mut body, Request::FindCoordinator)?,
+        ApiKey::JoinGroup => decode_body(api, version, &mut body, Request::JoinGroup)?,
+        ApiKey::SyncGroup => decode_body(api, version, &mut body, Request::SyncGroup)?,
+        ApiKey::Heartbeat => decode_body(api, version, &mut body, Request::Heartbeat)?,
+        ApiKey::LeaveGroup => decode_body(api, version, &mut body, Request::LeaveGroup)?,
+        ApiKey::OffsetCommit => decode_body(api, version, &mut body, Request::OffsetCommit)?,
+        ApiKey::OffsetFetch => decode_body(api, version, &mut body, Request::OffsetFetch)?,
+        ApiKey::ListGroups => decode_body(api, version, &mut body, Request::ListGroups)?,
+        ApiKey::DescribeGroups => decode_body(api, version, &mut body, Request::DescribeGroups)?,
+        ApiKey::DeleteGroups => decode_body(api, version, &mut body, Request::DeleteGroups)?,
+        ApiKey::OffsetDelete => decode_body(api, version, &mut body, Request::OffsetDelete)?,
         _ => {
             return Err(DecodeError::UnsupportedVersion {
                 api_key: preamble.api_key,

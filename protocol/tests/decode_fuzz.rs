@@ -67,39 +67,59 @@ fn sample_body(key: ApiKey, version: i16) -> Option<BytesMut> {
         ApiKey::Produce if version >= 3 => ProduceRequest::default()
             .with_acks(-1)
             .with_timeout_ms(1000)
-            .with_topic_data(vec![produce_request::TopicProduceData::default()
-                .with_name(topic("t"))
-                .with_partition_data(vec![produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(batch))])])
+            .with_topic_data(vec![
+                produce_request::TopicProduceData::default()
+                    .with_name(topic("t"))
+                    .with_partition_data(vec![
+                        produce_request::PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(batch)),
+                    ]),
+            ])
             .encode(&mut b, version),
         ApiKey::Produce => {
             // v0-2 by hand: acks, timeout, one topic, one partition.
-            b.extend_from_slice(&[0, 1, 0, 0, 3, 232, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4]);
+            b.extend_from_slice(&[
+                0, 1, 0, 0, 3, 232, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4,
+            ]);
             Ok(())
         }
         ApiKey::Fetch => FetchRequest::default()
             .with_max_wait_ms(100)
-            .with_topics(vec![fetch_request::FetchTopic::default()
-                .with_topic(if version < 13 { topic("t") } else { Default::default() })
-                .with_partitions(vec![fetch_request::FetchPartition::default().with_partition_max_bytes(1 << 20)])])
+            .with_topics(vec![
+                fetch_request::FetchTopic::default()
+                    .with_topic(if version < 13 { topic("t") } else { Default::default() })
+                    .with_partitions(vec![
+                        fetch_request::FetchPartition::default().with_partition_max_bytes(1 << 20),
+                    ]),
+            ])
             .encode(&mut b, version),
         ApiKey::Metadata => MetadataRequest::default()
-            .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(topic("t")))]))
+            .with_topics(Some(vec![
+                metadata_request::MetadataRequestTopic::default().with_name(Some(topic("t"))),
+            ]))
             .encode(&mut b, version),
         ApiKey::ListOffsets => ListOffsetsRequest::default()
-            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
-                .with_name(topic("t"))
-                .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1)])])
+            .with_topics(vec![
+                list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![
+                        list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1),
+                    ]),
+            ])
             .encode(&mut b, version),
         ApiKey::ApiVersions => ApiVersionsRequest::default().encode(&mut b, version),
         ApiKey::CreateTopics => CreateTopicsRequest::default()
-            .with_topics(vec![create_topics_request::CreatableTopic::default()
-                .with_name(topic("t"))
-                .with_num_partitions(3)
-                .with_configs(vec![create_topics_request::CreatableTopicConfig::default()
-                    .with_name(StrBytes::from_static_str("retention.ms"))
-                    .with_value(Some(StrBytes::from_static_str("1000")))])])
+            .with_topics(vec![
+                create_topics_request::CreatableTopic::default()
+                    .with_name(topic("t"))
+                    .with_num_partitions(3)
+                    .with_configs(vec![
+                        create_topics_request::CreatableTopicConfig::default()
+                            .with_name(StrBytes::from_static_str("retention.ms"))
+                            .with_value(Some(StrBytes::from_static_str("1000"))),
+                    ]),
+            ])
             .encode(&mut b, version),
         ApiKey::DeleteTopics => DeleteTopicsRequest::default()
             .with_topic_names(if version < 6 { vec![topic("t")] } else { vec![] })
@@ -110,29 +130,41 @@ fn sample_body(key: ApiKey, version: i16) -> Option<BytesMut> {
             })
             .encode(&mut b, version),
         ApiKey::CreatePartitions => CreatePartitionsRequest::default()
-            .with_topics(vec![create_partitions_request::CreatePartitionsTopic::default()
-                .with_name(topic("t"))
-                .with_count(4)])
+            .with_topics(vec![
+                create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(topic("t"))
+                    .with_count(4),
+            ])
             .encode(&mut b, version),
         ApiKey::DescribeConfigs => DescribeConfigsRequest::default()
-            .with_resources(vec![describe_configs_request::DescribeConfigsResource::default()
-                .with_resource_type(2)
-                .with_resource_name(StrBytes::from_static_str("t"))])
+            .with_resources(vec![
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("t")),
+            ])
             .encode(&mut b, version),
         ApiKey::AlterConfigs => AlterConfigsRequest::default()
-            .with_resources(vec![alter_configs_request::AlterConfigsResource::default()
-                .with_resource_type(2)
-                .with_resource_name(StrBytes::from_static_str("t"))])
+            .with_resources(vec![
+                alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("t")),
+            ])
             .encode(&mut b, version),
         ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::default()
-            .with_resources(vec![incremental_alter_configs_request::AlterConfigsResource::default()
-                .with_resource_type(2)
-                .with_resource_name(StrBytes::from_static_str("t"))])
+            .with_resources(vec![
+                incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("t")),
+            ])
             .encode(&mut b, version),
         ApiKey::DeleteRecords => DeleteRecordsRequest::default()
-            .with_topics(vec![delete_records_request::DeleteRecordsTopic::default()
-                .with_name(topic("t"))
-                .with_partitions(vec![delete_records_request::DeleteRecordsPartition::default().with_offset(5)])])
+            .with_topics(vec![
+                delete_records_request::DeleteRecordsTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![
+                        delete_records_request::DeleteRecordsPartition::default().with_offset(5),
+                    ]),
+            ])
             .encode(&mut b, version),
         ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(&mut b, version),
         _ => return None,
@@ -146,7 +178,9 @@ fn seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for api in SERVED_APIS {
         for version in api.min..=api.max {
-            let Some(body) = sample_body(api.key, version) else { continue };
+            let Some(body) = sample_body(api.key, version) else {
+                continue;
+            };
             let header_version = api.key.request_header_version(version);
             let mut frame = BytesMut::new();
             RequestHeader::default()
@@ -219,7 +253,10 @@ fn seeds_decode() {
 
 #[test]
 fn mutated_requests_never_panic_or_over_allocate() {
-    let iterations: usize = std::env::var("SLUICE_FUZZ_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let iterations: usize = std::env::var("SLUICE_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     let seeds = seeds();
     assert!(seeds.len() > 50, "too few seeds: {}", seeds.len());
     let mut rng = Rng(0x5eed_1234);
@@ -230,11 +267,18 @@ fn mutated_requests_never_panic_or_over_allocate() {
         decode_frame(&frame);
         // Also as a stream: size prefix (sometimes wrong) then the frame.
         stream.clear();
-        let size = if rng.below(8) == 0 { rng.next() as i32 } else { frame.len() as i32 };
+        let size = if rng.below(8) == 0 {
+            rng.next() as i32
+        } else {
+            frame.len() as i32
+        };
         stream.extend_from_slice(&size.to_be_bytes());
         stream.extend_from_slice(&frame);
         decode_stream(&stream);
         let largest = LARGEST_ALLOCATION.load(Ordering::Relaxed);
-        assert!(largest <= ALLOCATION_BYTES_MAX, "iteration {i}: an allocation of {largest} bytes");
+        assert!(
+            largest <= ALLOCATION_BYTES_MAX,
+            "iteration {i}: an allocation of {largest} bytes"
+        );
     }
 }

@@ -202,26 +202,38 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(a)
 }
 
-/// Builds a syntactically valid batch with `record_count` records of opaque
-/// payload; used by tests and benchmarks that need batches without a Kafka
-/// client. The records are real v2 records (varint framed) so clients could
-/// decode them.
-pub fn build_batch(record_count: i32, value_bytes: usize, timestamp_ms: i64) -> Vec<u8> {
-    assert!(record_count >= 1);
-    let mut records = Vec::new();
-    for i in 0..record_count {
-        let mut body = Vec::new();
-        body.push(0u8); // record attributes
-        put_varint(&mut body, 0); // timestamp delta
-        put_varint(&mut body, i64::from(i)); // offset delta
-        put_varint(&mut body, -1); // key: null
-        put_varint(&mut body, value_bytes as i64);
-        body.extend(std::iter::repeat_n((i % 251) as u8, value_bytes));
-        put_varint(&mut body, 0); // header count
-        put_varint(&mut records, body.len() as i64);
-        records.extend_from_slice(&body);
+/// A record to encode: key, value, headers; offset and timestamp deltas
+/// follow its position in the batch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecordData {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Encodes an uncompressed v2 batch of `records` at `timestamp_ms`, base
+/// offset 0, no producer id. Used for Sluice's own internal logs, tests and
+/// benchmarks.
+pub fn encode_batch(records: &[RecordData], timestamp_ms: i64) -> Vec<u8> {
+    assert!(!records.is_empty());
+    let mut body = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let mut rec = Vec::new();
+        rec.push(0u8); // record attributes
+        put_varint(&mut rec, 0); // timestamp delta
+        put_varint(&mut rec, i as i64); // offset delta
+        put_bytes(&mut rec, r.key.as_deref());
+        put_bytes(&mut rec, r.value.as_deref());
+        put_varint(&mut rec, r.headers.len() as i64);
+        for (name, value) in &r.headers {
+            put_bytes(&mut rec, Some(name.as_bytes()));
+            put_bytes(&mut rec, value.as_deref());
+        }
+        put_varint(&mut body, rec.len() as i64);
+        body.extend_from_slice(&rec);
     }
-    let total = BATCH_HEADER_BYTES + records.len();
+    let count = records.len() as i32;
+    let total = BATCH_HEADER_BYTES + body.len();
     let mut b = Vec::with_capacity(total);
     b.extend_from_slice(&0i64.to_be_bytes());
     b.extend_from_slice(&((total - BATCH_LENGTH_END) as i32).to_be_bytes());
@@ -229,17 +241,107 @@ pub fn build_batch(record_count: i32, value_bytes: usize, timestamp_ms: i64) -> 
     b.push(MAGIC_V2 as u8);
     b.extend_from_slice(&0u32.to_be_bytes()); // crc, filled below
     b.extend_from_slice(&0i16.to_be_bytes()); // attributes
-    b.extend_from_slice(&(record_count - 1).to_be_bytes());
+    b.extend_from_slice(&(count - 1).to_be_bytes());
     b.extend_from_slice(&timestamp_ms.to_be_bytes());
     b.extend_from_slice(&timestamp_ms.to_be_bytes());
     b.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
     b.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
     b.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
-    b.extend_from_slice(&record_count.to_be_bytes());
-    b.extend_from_slice(&records);
+    b.extend_from_slice(&count.to_be_bytes());
+    b.extend_from_slice(&body);
     assert_eq!(b.len(), total);
     write_crc(&mut b);
     b
+}
+
+/// Builds a syntactically valid batch with `record_count` records of opaque
+/// payload; used by tests and benchmarks that need batches without a Kafka
+/// client. The records are real v2 records (varint framed) so clients could
+/// decode them.
+pub fn build_batch(record_count: i32, value_bytes: usize, timestamp_ms: i64) -> Vec<u8> {
+    assert!(record_count >= 1);
+    let records: Vec<RecordData> = (0..record_count)
+        .map(|i| RecordData {
+            key: None,
+            value: Some(vec![(i % 251) as u8; value_bytes]),
+            headers: Vec::new(),
+        })
+        .collect();
+    encode_batch(&records, timestamp_ms)
+}
+
+/// A record decoded from an uncompressed batch: its absolute offset, key
+/// and value (headers skipped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedRecord {
+    pub offset: Offset,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Decodes the records of an uncompressed batch (with its base offset
+/// assigned). `None` for a compressed or malformed batch.
+pub fn decode_uncompressed(batch: &[u8]) -> Option<Vec<DecodedRecord>> {
+    let header = BatchHeader::parse(batch).ok()?;
+    if header.compression() != 0 {
+        return None;
+    }
+    let mut pos = BATCH_HEADER_BYTES;
+    let mut out = Vec::with_capacity((header.record_count as usize).min(batch.len()));
+    for _ in 0..header.record_count {
+        let len = get_varint(batch, &mut pos)?;
+        let end = pos.checked_add(usize::try_from(len).ok()?)?;
+        if end > batch.len() {
+            return None;
+        }
+        let rec = &batch[pos..end];
+        let mut p = 1usize; // attributes
+        get_varint(rec, &mut p)?; // timestamp delta
+        let delta = get_varint(rec, &mut p)?;
+        let key = get_bytes(rec, &mut p)?;
+        let value = get_bytes(rec, &mut p)?;
+        out.push(DecodedRecord {
+            offset: header.base_offset.plus(delta.max(0)),
+            key,
+            value,
+        });
+        pos = end;
+    }
+    Some(out)
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_varint(out, -1),
+        Some(b) => {
+            put_varint(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+fn get_varint(b: &[u8], pos: &mut usize) -> Option<i64> {
+    let mut v: u64 = 0;
+    for shift in (0..70).step_by(7) {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(((v >> 1) as i64) ^ -((v & 1) as i64));
+        }
+    }
+    None
+}
+
+fn get_bytes(b: &[u8], pos: &mut usize) -> Option<Option<Vec<u8>>> {
+    let len = get_varint(b, pos)?;
+    if len < 0 {
+        return Some(None);
+    }
+    let end = pos.checked_add(usize::try_from(len).ok()?)?;
+    let bytes = b.get(*pos..end)?.to_vec();
+    *pos = end;
+    Some(Some(bytes))
 }
 
 fn put_varint(out: &mut Vec<u8>, value: i64) {
@@ -320,6 +422,37 @@ mod tests {
         let (ranges, consumed) = split_batches(&joined);
         assert_eq!(ranges, vec![0..a.len(), a.len()..a.len() + b.len()]);
         assert_eq!(consumed, a.len() + b.len());
+    }
+
+    #[test]
+    fn encoded_records_decode_back() {
+        let records = vec![
+            RecordData {
+                key: Some(b"k1".to_vec()),
+                value: Some(b"v1".to_vec()),
+                headers: vec![("h".into(), Some(b"x".to_vec()))],
+            },
+            RecordData {
+                key: None,
+                value: None,
+                headers: vec![],
+            },
+        ];
+        let mut b = encode_batch(&records, 5);
+        set_base_offset(&mut b, Offset(40));
+        verify_crc(&b).unwrap();
+        let got = decode_uncompressed(&b).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].offset, Offset(40));
+        assert_eq!(got[0].key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(got[1].offset, Offset(41));
+        assert_eq!(got[1].value, None);
+        for cut in 61..b.len() {
+            let mut t = b[..cut].to_vec();
+            let len = (t.len() - 12) as i32;
+            t[8..12].copy_from_slice(&len.to_be_bytes());
+            let _ = decode_uncompressed(&t);
+        }
     }
 
     #[test]

@@ -186,7 +186,8 @@ impl SegmentIndex {
         end: u64,
         max_timestamp: i64,
     ) -> Option<SegmentIndex> {
-        if !offset_bytes.len().is_multiple_of(OFFSET_ENTRY_BYTES) || !time_bytes.len().is_multiple_of(TIME_ENTRY_BYTES) {
+        if !offset_bytes.len().is_multiple_of(OFFSET_ENTRY_BYTES) || !time_bytes.len().is_multiple_of(TIME_ENTRY_BYTES)
+        {
             return None;
         }
         let offsets: Vec<OffsetEntry> = offset_bytes

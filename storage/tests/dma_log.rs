@@ -183,9 +183,10 @@ fn batches_reported_durable_survive_sigkill() {
                     continue;
                 };
                 if let (Ok(base), Ok(key)) = (a.parse::<i64>(), b.parse::<u64>())
-                    && tx.send((base, key)).is_err() {
-                        break;
-                    }
+                    && tx.send((base, key)).is_err()
+                {
+                    break;
+                }
             }
         });
         // Wait for the child to get going, then kill it at a random moment.

@@ -178,7 +178,10 @@ async fn read_all(
         .map(|(owner, slots)| {
             let slots = slots.clone();
             let indexes: Vec<usize> = slots.iter().map(|(i, _)| *i).collect();
-            let call = shard.invoke_on(*owner, move |s| async move { read_on_owner(&s, slots, max_bytes).await });
+            let call = shard.invoke_on(
+                *owner,
+                move |s| async move { read_on_owner(&s, slots, max_bytes).await },
+            );
             async move {
                 match call.await {
                     Ok(reads) => reads,

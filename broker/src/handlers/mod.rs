@@ -5,14 +5,25 @@ mod alter_configs;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
+mod delete_groups;
 mod delete_records;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
+mod describe_groups;
 mod fetch;
+mod find_coordinator;
+mod heartbeat;
+mod join_group;
+mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod produce;
+mod sync_group;
 
 use std::rc::Rc;
 
@@ -44,7 +55,22 @@ fn respond<T: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &
     }
 }
 
-pub async fn handle(shard: Rc<Shard>, request: DecodedRequest) -> Outcome {
+/// Who sent a request.
+pub struct RequestContext {
+    pub peer: std::net::SocketAddr,
+    pub client_id: String,
+}
+
+pub async fn handle(shard: Rc<Shard>, request: DecodedRequest, peer: std::net::SocketAddr) -> Outcome {
+    let ctx = RequestContext {
+        peer,
+        client_id: request
+            .header
+            .client_id
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+    };
     let correlation_id = request.header.correlation_id;
     let version = request.api_version;
     let api = request.api_key;
@@ -111,6 +137,52 @@ pub async fn handle(shard: Rc<Shard>, request: DecodedRequest) -> Outcome {
         ),
         Request::DeleteRecords(r) => respond(api, version, correlation_id, &delete_records::handle(&shard, r).await),
         Request::DescribeCluster(r) => respond(api, version, correlation_id, &describe_cluster::handle(&shard, r)),
+        Request::FindCoordinator(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &find_coordinator::handle(&shard, r, version),
+        ),
+        Request::JoinGroup(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &join_group::handle(&shard, r, version, &ctx).await,
+        ),
+        Request::SyncGroup(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &sync_group::handle(&shard, r, version).await,
+        ),
+        Request::Heartbeat(r) => respond(api, version, correlation_id, &heartbeat::handle(&shard, r).await),
+        Request::LeaveGroup(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &leave_group::handle(&shard, r, version).await,
+        ),
+        Request::OffsetCommit(r) => respond(api, version, correlation_id, &offset_commit::handle(&shard, r).await),
+        Request::OffsetFetch(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &offset_fetch::handle(&shard, r, version).await,
+        ),
+        Request::ListGroups(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &list_groups::handle(&shard, r, version).await,
+        ),
+        Request::DescribeGroups(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &describe_groups::handle(&shard, r, version).await,
+        ),
+        Request::DeleteGroups(r) => respond(api, version, correlation_id, &delete_groups::handle(&shard, r).await),
+        Request::OffsetDelete(r) => respond(api, version, correlation_id, &offset_delete::handle(&shard, r).await),
     }
 }
 
@@ -123,6 +195,18 @@ where
     Fut: std::future::Future<Output = R> + 'static,
 {
     shard.invoke_on(0, f).await.ok()
+}
+
+/// Runs `f` on the shard that coordinates `group_id`. `None` if that
+/// shard is gone (the broker is stopping).
+pub async fn on_group_shard<R, F, Fut>(shard: &Rc<Shard>, group_id: &str, f: F) -> Option<R>
+where
+    R: Send + 'static,
+    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+{
+    let target = crate::group::coordinator_shard(group_id, shard.count);
+    shard.invoke_on(target, f).await.ok()
 }
 
 /// All topic operations a client may do, as an authorized-operations

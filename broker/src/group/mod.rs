@@ -1,0 +1,564 @@
+//! The group coordinator: consumer groups and committed offsets.
+//!
+//! Each group lives on one shard: the owner of its group log
+//! (`store::group_log_of`). Requests about a group, arriving on any
+//! connection, are run there with `Shard::invoke_on`. The membership
+//! protocol is `state::Group`; what must survive a restart (offset commits,
+//! each completed assignment, emptied or deleted groups) is written to the
+//! group log and acknowledged only once durable.
+
+pub mod state;
+pub mod store;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use sluice_protocol::ResponseError;
+use sluice_storage::StorageError;
+use tracing::{info, warn};
+
+use self::state::{Group, GroupLimits, GroupState, JoinOutcome, JoinRequest, Step, SyncOutcome};
+use self::store::{Change, CommittedOffset, GroupLog, GroupRecord, LogState, group_log_of, split_state};
+use crate::error::storage_error_code;
+use crate::metadata::{ClusterMetadata, shard_of};
+use crate::runtime;
+
+/// The placement name of the group logs: group log `n` lives where a
+/// partition `n` of this topic would.
+pub const GROUP_LOGS_TOPIC: &str = "__consumer_offsets";
+/// Longest commit metadata string (Kafka's `offset.metadata.max.bytes`).
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+/// How often sessions and rebalance deadlines are checked.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Which shard coordinates a group.
+pub fn coordinator_shard(group_id: &str, shard_count: usize) -> usize {
+    shard_of(GROUP_LOGS_TOPIC, group_log_of(group_id), shard_count)
+}
+
+struct Entry {
+    group: Group,
+    offsets: BTreeMap<(String, i32), CommittedOffset>,
+}
+
+/// A group as DescribeGroups shows it.
+pub struct GroupDescription {
+    pub state: GroupState,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<MemberDescription>,
+}
+
+pub struct MemberDescription {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: bytes::Bytes,
+    pub assignment: bytes::Bytes,
+}
+
+/// The coordinator's part of one shard.
+pub struct GroupCoordinator {
+    limits: GroupLimits,
+    logs: RefCell<HashMap<i32, Rc<GroupLog>>>,
+    groups: RefCell<HashMap<String, Entry>>,
+}
+
+pub struct CommitPart {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+impl GroupCoordinator {
+    pub fn new(limits: GroupLimits) -> GroupCoordinator {
+        GroupCoordinator {
+            limits,
+            logs: RefCell::new(HashMap::new()),
+            groups: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Opens the group logs this shard owns and loads their groups.
+    pub async fn open(&self, shard: &crate::shard::Shard) -> Result<(), StorageError> {
+        let now = Instant::now();
+        for index in 0..store::GROUP_LOG_PARTITIONS {
+            if shard_of(GROUP_LOGS_TOPIC, index, shard.count) != shard.id {
+                continue;
+            }
+            let (log, state) = GroupLog::open(
+                &shard.fs,
+                &shard.cache,
+                &shard.config.data_dir,
+                index,
+                runtime::now_ms(),
+            )
+            .await?;
+            let log = Rc::new(log);
+            let flusher = log.clone();
+            runtime::spawn_detached(async move {
+                while let Err(e) = flusher.log.flush_until_closed().await {
+                    warn!(group_log = flusher.index, error = %e, "group log sync failed; retrying");
+                    runtime::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            let mut groups = self.groups.borrow_mut();
+            for (id, (record, offsets)) in split_state(state) {
+                let group = match record {
+                    Some(r) => Group::restore(&id, r.into_snapshot(), now),
+                    None => Group::new(&id),
+                };
+                groups.insert(id, Entry { group, offsets });
+            }
+            self.logs.borrow_mut().insert(index, log);
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        let logs: Vec<Rc<GroupLog>> = self.logs.borrow().values().cloned().collect();
+        for log in logs {
+            if let Err(e) = log.log.close().await {
+                warn!(group_log = log.index, error = %e, "could not close a group log cleanly");
+            }
+        }
+    }
+
+    fn log_of(&self, group_id: &str) -> Rc<GroupLog> {
+        let index = group_log_of(group_id);
+        self.logs
+            .borrow()
+            .get(&index)
+            .cloned()
+            .unwrap_or_else(|| panic!("group log {index} is not on this shard: routed to the wrong shard"))
+    }
+
+    /// Writes changes (already applied in memory) and waits until durable.
+    async fn write(&self, group_id: &str, changes: Vec<Change>) -> Result<(), StorageError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let log = self.log_of(group_id);
+        let end = log.append(&changes, runtime::now_ms()).await?;
+        if log.snapshot_due() {
+            let state = self.log_state(log.index);
+            let at = log.log.end_offset();
+            let snap = log.clone();
+            runtime::spawn_detached(async move {
+                match snap.snapshot(state, at).await {
+                    Ok(()) => info!(group_log = snap.index, offset = at.0, "group log snapshot written"),
+                    Err(e) => warn!(group_log = snap.index, error = %e, "group log snapshot failed"),
+                }
+            });
+        }
+        log.wait_durable(end).await
+    }
+
+    /// The whole state of one group log, from memory.
+    fn log_state(&self, index: i32) -> LogState {
+        let groups = self.groups.borrow();
+        let mut state = LogState::default();
+        for (id, e) in groups.iter().filter(|(id, _)| group_log_of(id) == index) {
+            state
+                .groups
+                .insert(id.clone(), GroupRecord::from_snapshot(&e.group.snapshot()));
+            for ((t, p), c) in &e.offsets {
+                state
+                    .offsets
+                    .entry(id.clone())
+                    .or_default()
+                    .entry(t.clone())
+                    .or_default()
+                    .insert(*p, c.clone());
+            }
+        }
+        state
+    }
+
+    fn group_change(&self, group_id: &str) -> Change {
+        let groups = self.groups.borrow();
+        Change::Group {
+            group: group_id.to_string(),
+            record: groups
+                .get(group_id)
+                .map(|e| GroupRecord::from_snapshot(&e.group.snapshot())),
+        }
+    }
+
+    pub async fn join(&self, group_id: &str, request: JoinRequest) -> JoinOutcome {
+        if group_id.is_empty() {
+            return JoinOutcome::error(ResponseError::InvalidGroupId, &request.member_id);
+        }
+        let step = {
+            let mut groups = self.groups.borrow_mut();
+            let entry = groups.entry(group_id.to_string()).or_insert_with(|| Entry {
+                group: Group::new(group_id),
+                offsets: BTreeMap::new(),
+            });
+            entry.group.join(request.clone(), Instant::now(), &self.limits)
+        };
+        match step {
+            Step::Now(o) => o,
+            Step::Later(rx) => rx
+                .await
+                .unwrap_or_else(|_| JoinOutcome::error(ResponseError::CoordinatorNotAvailable, &request.member_id)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sync(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        protocol_type: Option<&str>,
+        protocol_name: Option<&str>,
+        assignments: Vec<(String, bytes::Bytes)>,
+    ) -> SyncOutcome {
+        let (step, persist) = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(entry) = groups.get_mut(group_id) else {
+                return SyncOutcome::error(ResponseError::UnknownMemberId);
+            };
+            entry.group.sync(
+                member_id,
+                instance_id,
+                generation,
+                protocol_type,
+                protocol_name,
+                assignments,
+            )
+        };
+        if persist {
+            let change = self.group_change(group_id);
+            let result = self.write(group_id, vec![change]).await;
+            if let Err(e) = &result {
+                storage_error_code("persist group assignment", e);
+            }
+            if let Some(entry) = self.groups.borrow_mut().get_mut(group_id) {
+                entry
+                    .group
+                    .finish_sync(generation, result.is_ok(), Instant::now(), &self.limits);
+            }
+        }
+        match step {
+            Step::Now(o) => o,
+            Step::Later(rx) => rx
+                .await
+                .unwrap_or_else(|_| SyncOutcome::error(ResponseError::CoordinatorNotAvailable)),
+        }
+    }
+
+    pub fn heartbeat(&self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
+        let mut groups = self.groups.borrow_mut();
+        match groups.get_mut(group_id) {
+            Some(e) => e.group.heartbeat(member_id, instance_id, generation, Instant::now()),
+            None => ResponseError::UnknownMemberId.code(),
+        }
+    }
+
+    /// LeaveGroup: one error code per leaving member.
+    pub async fn leave(&self, group_id: &str, members: Vec<(String, Option<String>)>) -> Vec<i16> {
+        let (codes, emptied) = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(e) = groups.get_mut(group_id) else {
+                return vec![ResponseError::UnknownMemberId.code(); members.len()];
+            };
+            let now = Instant::now();
+            let was_empty = e.group.state == GroupState::Empty;
+            let codes: Vec<i16> = members
+                .iter()
+                .map(|(m, i)| e.group.leave(m, i.as_deref(), now, &self.limits).0)
+                .collect();
+            (codes, !was_empty && e.group.state == GroupState::Empty)
+        };
+        if emptied {
+            let change = self.group_change(group_id);
+            if let Err(e) = self.write(group_id, vec![change]).await {
+                storage_error_code("persist empty group", &e);
+            }
+        }
+        codes
+    }
+
+    /// OffsetCommit: one error code per part. `topic_partitions` says how
+    /// many partitions a topic has (None: no such topic).
+    pub async fn commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        parts: Vec<CommitPart>,
+        topic_partitions: impl Fn(&str) -> Option<i32>,
+    ) -> Vec<i16> {
+        if group_id.is_empty() {
+            return vec![ResponseError::InvalidGroupId.code(); parts.len()];
+        }
+        let now_ms = runtime::now_ms();
+        let mut codes = vec![0i16; parts.len()];
+        let mut changes = Vec::new();
+        {
+            let mut groups = self.groups.borrow_mut();
+            if !groups.contains_key(group_id) {
+                if generation >= 0 {
+                    return vec![ResponseError::IllegalGeneration.code(); parts.len()];
+                }
+                groups.insert(
+                    group_id.to_string(),
+                    Entry {
+                        group: Group::new(group_id),
+                        offsets: BTreeMap::new(),
+                    },
+                );
+            }
+            let entry = groups.get_mut(group_id).expect("inserted above");
+            if let Err(e) = entry.group.check_commit(member_id, instance_id, generation) {
+                return vec![e.code(); parts.len()];
+            }
+            for (i, p) in parts.iter().enumerate() {
+                if p.metadata.as_ref().is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX) {
+                    codes[i] = ResponseError::OffsetMetadataTooLarge.code();
+                    continue;
+                }
+                if !topic_partitions(&p.topic).is_some_and(|n| (0..n).contains(&p.partition)) {
+                    codes[i] = ResponseError::UnknownTopicOrPartition.code();
+                    continue;
+                }
+                let committed = CommittedOffset {
+                    offset: p.offset,
+                    leader_epoch: p.leader_epoch,
+                    metadata: p.metadata.clone(),
+                    commit_ms: now_ms,
+                };
+                entry.offsets.insert((p.topic.clone(), p.partition), committed.clone());
+                changes.push(Change::Offset {
+                    group: group_id.to_string(),
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    committed: Some(committed),
+                });
+            }
+        }
+        if let Err(e) = self.write(group_id, changes).await {
+            let code = storage_error_code("commit offsets", &e);
+            for c in codes.iter_mut().filter(|c| **c == 0) {
+                *c = code;
+            }
+        }
+        codes
+    }
+
+    /// OffsetFetch: the committed offsets of the asked partitions, or of all
+    /// the group has when `topics` is None.
+    pub fn fetch(
+        &self,
+        group_id: &str,
+        topics: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Vec<(String, i32, Option<CommittedOffset>)> {
+        let groups = self.groups.borrow();
+        let offsets = groups.get(group_id).map(|e| &e.offsets);
+        match topics {
+            Some(topics) => topics
+                .into_iter()
+                .flat_map(|(t, parts)| {
+                    parts.into_iter().map(move |p| {
+                        let c = offsets.and_then(|o| o.get(&(t.clone(), p))).cloned();
+                        (t.clone(), p, c)
+                    })
+                })
+                .collect(),
+            None => offsets
+                .map(|o| o.iter().map(|((t, p), c)| (t.clone(), *p, Some(c.clone()))).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
+        let groups = self.groups.borrow();
+        let e = groups.get(group_id)?;
+        let g = &e.group;
+        let protocol = g.protocol.clone().unwrap_or_default();
+        let stable = matches!(g.state, GroupState::Stable);
+        Some(GroupDescription {
+            state: g.state,
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            protocol: if stable || g.state == GroupState::CompletingRebalance {
+                protocol.clone()
+            } else {
+                String::new()
+            },
+            members: g
+                .members
+                .values()
+                .map(|m| MemberDescription {
+                    member_id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata: m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == protocol)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default(),
+                    assignment: if stable {
+                        m.assignment.clone()
+                    } else {
+                        bytes::Bytes::new()
+                    },
+                })
+                .collect(),
+        })
+    }
+
+    /// (group id, protocol type, state) of every group on this shard.
+    pub fn list(&self) -> Vec<(String, String, GroupState)> {
+        self.groups
+            .borrow()
+            .iter()
+            .filter(|(_, e)| e.group.state != GroupState::Dead)
+            .map(|(id, e)| {
+                (
+                    id.clone(),
+                    e.group.protocol_type.clone().unwrap_or_default(),
+                    e.group.state,
+                )
+            })
+            .collect()
+    }
+
+    /// DeleteGroups for one group: an error code.
+    pub async fn delete(&self, group_id: &str) -> i16 {
+        let changes = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(e) = groups.get_mut(group_id) else {
+                return ResponseError::GroupIdNotFound.code();
+            };
+            if !e.group.is_empty() {
+                return ResponseError::NonEmptyGroup.code();
+            }
+            let mut changes: Vec<Change> = e
+                .offsets
+                .keys()
+                .map(|(t, p)| Change::Offset {
+                    group: group_id.to_string(),
+                    topic: t.clone(),
+                    partition: *p,
+                    committed: None,
+                })
+                .collect();
+            changes.push(Change::Group {
+                group: group_id.to_string(),
+                record: None,
+            });
+            e.group.kill();
+            groups.remove(group_id);
+            changes
+        };
+        match self.write(group_id, changes).await {
+            Ok(()) => 0,
+            Err(e) => storage_error_code("delete group", &e),
+        }
+    }
+
+    /// OffsetDelete: a group error code and one code per partition.
+    pub async fn delete_offsets(&self, group_id: &str, parts: Vec<(String, i32)>) -> (i16, Vec<i16>) {
+        let (codes, changes) = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(e) = groups.get_mut(group_id) else {
+                return (ResponseError::GroupIdNotFound.code(), vec![0; parts.len()]);
+            };
+            let subscribed = e.group.subscribed_topics();
+            if !e.group.is_empty() && subscribed.is_none() {
+                return (ResponseError::NonEmptyGroup.code(), vec![0; parts.len()]);
+            }
+            let mut codes = Vec::with_capacity(parts.len());
+            let mut changes = Vec::new();
+            for (t, p) in &parts {
+                if !e.group.is_empty() && subscribed.as_ref().is_some_and(|s| s.contains(t)) {
+                    codes.push(ResponseError::GroupSubscribedToTopic.code());
+                    continue;
+                }
+                codes.push(0);
+                if e.offsets.remove(&(t.clone(), *p)).is_some() {
+                    changes.push(Change::Offset {
+                        group: group_id.to_string(),
+                        topic: t.clone(),
+                        partition: *p,
+                        committed: None,
+                    });
+                }
+            }
+            (codes, changes)
+        };
+        match self.write(group_id, changes).await {
+            Ok(()) => (0, codes),
+            Err(e) => (storage_error_code("delete offsets", &e), codes),
+        }
+    }
+
+    /// Session expiry and rebalance deadlines; groups that became Empty are
+    /// persisted as such.
+    pub async fn tick(&self) {
+        let now = Instant::now();
+        let emptied: Vec<String> = {
+            let mut groups = self.groups.borrow_mut();
+            groups
+                .iter_mut()
+                .filter_map(|(id, e)| e.group.tick(now, &self.limits).then(|| id.clone()))
+                .collect()
+        };
+        for id in emptied {
+            let change = self.group_change(&id);
+            if let Err(e) = self.write(&id, vec![change]).await {
+                storage_error_code("persist empty group", &e);
+            }
+        }
+    }
+
+    /// Forgets committed offsets of topics that no longer exist.
+    pub async fn purge_deleted_topics(&self, metadata: &ClusterMetadata) {
+        let doomed: Vec<(String, Vec<Change>)> = {
+            let mut groups = self.groups.borrow_mut();
+            groups
+                .iter_mut()
+                .filter_map(|(id, e)| {
+                    let gone: Vec<(String, i32)> = e
+                        .offsets
+                        .keys()
+                        .filter(|(t, p)| metadata.topic(t).is_none_or(|m| *p >= m.partitions))
+                        .cloned()
+                        .collect();
+                    if gone.is_empty() {
+                        return None;
+                    }
+                    let changes = gone
+                        .into_iter()
+                        .map(|(t, p)| {
+                            e.offsets.remove(&(t.clone(), p));
+                            Change::Offset {
+                                group: id.clone(),
+                                topic: t,
+                                partition: p,
+                                committed: None,
+                            }
+                        })
+                        .collect();
+                    Some((id.clone(), changes))
+                })
+                .collect()
+        };
+        for (id, changes) in doomed {
+            if let Err(e) = self.write(&id, changes).await {
+                storage_error_code("purge offsets of deleted topics", &e);
+            }
+        }
+    }
+}
