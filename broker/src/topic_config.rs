@@ -331,10 +331,11 @@ pub fn describe_topic(defaults: &TopicDefaults, overrides: &BTreeMap<String, Str
         .collect()
 }
 
-/// The broker's own settings that clients may ask about.
+/// The broker's own settings that clients may ask about; `extra` are
+/// (name, value, built-in default, type).
 pub fn describe_broker(
     defaults: &TopicDefaults,
-    extra: &[(&'static str, String, ConfigType)],
+    extra: &[(&'static str, String, &'static str, ConfigType)],
 ) -> Vec<DescribedSetting> {
     let mut out: Vec<DescribedSetting> = TOPIC_KEYS
         .iter()
@@ -351,11 +352,15 @@ pub fn describe_broker(
             }
         })
         .collect();
-    for (name, value, config_type) in extra {
+    for (name, value, default, config_type) in extra {
         out.push(DescribedSetting {
             name: name.to_string(),
             value: value.clone(),
-            source: ConfigSource::StaticBroker,
+            source: if value == default {
+                ConfigSource::Default
+            } else {
+                ConfigSource::StaticBroker
+            },
             read_only: true,
             config_type: *config_type,
             doc: "",

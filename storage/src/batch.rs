@@ -72,6 +72,14 @@ impl BatchHeader {
     /// Parses and checks the header of `bytes`, which must hold exactly one
     /// batch. The CRC is not verified here: see [`verify_crc`].
     pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        // The magic byte sits at the same place in every message format, so
+        // an old-format message, shorter than a v2 header, is still named
+        // for what it is.
+        if let Some(&magic) = bytes.get(MAGIC_AT)
+            && magic as i8 != MAGIC_V2
+        {
+            return Err(BatchError::UnsupportedMagic { magic: magic as i8 });
+        }
         if bytes.len() < BATCH_HEADER_BYTES {
             return Err(BatchError::TooShort { bytes: bytes.len() });
         }
@@ -81,10 +89,6 @@ impl BatchHeader {
                 declared: batch_length,
                 actual: bytes.len(),
             });
-        }
-        let magic = bytes[MAGIC_AT] as i8;
-        if magic != MAGIC_V2 {
-            return Err(BatchError::UnsupportedMagic { magic });
         }
         let header = BatchHeader {
             base_offset: Offset(be_i64(bytes, 0)),

@@ -43,7 +43,13 @@ pub async fn handle(shard: &Rc<Shard>, request: CreateTopicsRequest, version: i1
     .unwrap_or_else(|| vec![Err(ApiError::code(ResponseError::NotController)); count]);
     let defaults = &shard.config.topic_defaults;
     let mut response = CreateTopicsResponse::default();
+    let mut answered = std::collections::HashSet::new();
     for (requested, result) in request.topics.into_iter().zip(results) {
+        // A name given twice gets one answer (INVALID_REQUEST), as in
+        // Kafka; clients refuse a response naming a topic twice.
+        if !answered.insert(requested.name.0.to_string()) {
+            continue;
+        }
         let mut out = CreatableTopicResult::default().with_name(requested.name);
         match result {
             Ok(topic) => {

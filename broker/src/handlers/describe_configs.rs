@@ -33,29 +33,38 @@ pub fn handle(shard: &Rc<Shard>, request: DescribeConfigsRequest, version: i16) 
             },
             RESOURCE_BROKER if name.is_empty() || name == c.node_id.to_string() => {
                 let extra = [
-                    ("broker.id", c.node_id.to_string(), ConfigType::Int),
-                    ("node.id", c.node_id.to_string(), ConfigType::Int),
+                    ("broker.id", c.node_id.to_string(), "1", ConfigType::Int),
+                    ("node.id", c.node_id.to_string(), "1", ConfigType::Int),
                     (
                         "num.partitions",
                         c.topic_defaults.num_partitions.to_string(),
+                        "1",
                         ConfigType::Int,
                     ),
                     (
                         "default.replication.factor",
                         c.topic_defaults.replication_factor.to_string(),
+                        "1",
                         ConfigType::Int,
                     ),
                     (
                         "auto.create.topics.enable",
                         c.topic_defaults.auto_create.to_string(),
+                        "true",
                         ConfigType::Boolean,
                     ),
                     (
                         "socket.request.max.bytes",
                         c.request_bytes_max.to_string(),
+                        "104857600",
                         ConfigType::Int,
                     ),
-                    ("fetch.max.bytes", c.fetch_bytes_max.to_string(), ConfigType::Int),
+                    (
+                        "fetch.max.bytes",
+                        c.fetch_bytes_max.to_string(),
+                        "57671680",
+                        ConfigType::Int,
+                    ),
                 ];
                 Ok(describe_broker(&c.topic_defaults, &extra))
             }

@@ -222,6 +222,16 @@ fn check_batches(records: Option<Bytes>, max_message_bytes: i64) -> Result<Vec<B
     if records.is_empty() {
         return Err((ResponseError::CorruptMessage, "no record batch".into()));
     }
+    // Every message format keeps its magic byte at 16: old formats are
+    // named as such even when shorter than a v2 batch header.
+    if let Some(&magic) = records.get(16)
+        && magic != 2
+    {
+        return Err((
+            ResponseError::UnsupportedForMessageFormat,
+            format!("message format magic {magic}: only magic 2 is supported"),
+        ));
+    }
     let (ranges, consumed) = split_batches(&records);
     if consumed != records.len() || ranges.is_empty() {
         return Err((
@@ -289,6 +299,15 @@ mod tests {
         magic1[16] = 1;
         assert_eq!(
             code(check_batches(Some(Bytes::from(magic1)), 1 << 20)),
+            ResponseError::UnsupportedForMessageFormat
+        );
+        let short_magic1 = {
+            let mut m = vec![0u8; 36];
+            m[16] = 1;
+            m
+        };
+        assert_eq!(
+            code(check_batches(Some(Bytes::from(short_magic1)), 1 << 20)),
             ResponseError::UnsupportedForMessageFormat
         );
         let mut trailing = a.clone();
