@@ -81,6 +81,8 @@ pub struct JoinOutcome {
     pub member_id: String,
     /// Only the leader gets the members and their metadata.
     pub members: Vec<JoinedMember>,
+    /// A static leader back in a stable group: it need not assign (KIP-814).
+    pub skip_assignment: bool,
 }
 
 impl JoinOutcome {
@@ -93,6 +95,7 @@ impl JoinOutcome {
             leader: String::new(),
             member_id: member_id.to_string(),
             members: Vec::new(),
+            skip_assignment: false,
         }
     }
 }
@@ -362,6 +365,7 @@ impl Group {
             } else {
                 Vec::new()
             },
+            skip_assignment: false,
         }
     }
 
@@ -403,16 +407,18 @@ impl Group {
                 if self.leader.as_deref() == Some(old_id.as_str()) {
                     self.leader = Some(new_id.clone());
                 }
-                let unchanged = member.protocols == req.protocols;
                 member.protocols = req.protocols.clone();
                 member.session_timeout = session;
                 member.rebalance_timeout = rebalance;
                 member.last_heartbeat = now;
                 self.members.insert(new_id.clone(), member);
-                if self.state == GroupState::Stable && unchanged && self.leader.as_deref() != Some(new_id.as_str()) {
-                    // Nothing changed for the group: answer with the current
-                    // generation, no rebalance (KIP-345).
-                    return Step::Now(self.join_answer(&new_id));
+                if self.state == GroupState::Stable && self.select_protocol() == self.protocol {
+                    // The group's protocol does not change: answer with the
+                    // current generation, no rebalance (KIP-345). A leader
+                    // gets the members but need not assign (KIP-814).
+                    let mut answer = self.join_answer(&new_id);
+                    answer.skip_assignment = self.leader.as_deref() == Some(new_id.as_str());
+                    return Step::Now(answer);
                 }
                 new_id
             } else if req.version >= 4 && req.instance_id.is_none() {

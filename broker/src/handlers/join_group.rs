@@ -42,11 +42,16 @@ pub async fn handle(
     };
     let member_id = join.member_id.clone();
     let gid = group_id.clone();
-    let outcome = on_group_shard(
-        shard,
-        &group_id,
-        move |s| async move { s.groups.join(&gid, join).await },
-    )
+    let outcome = on_group_shard(shard, &group_id, move |s| async move {
+        // A join may wait minutes for a rebalance; a stopping broker answers
+        // NOT_COORDINATOR instead, and the client finds it again.
+        let member = join.member_id.clone();
+        futures_lite::future::or(s.groups.join(&gid, join), async {
+            s.stopped().await;
+            JoinOutcome::error(ResponseError::NotCoordinator, &member)
+        })
+        .await
+    })
     .await
     .unwrap_or_else(|| JoinOutcome::error(ResponseError::CoordinatorNotAvailable, &member_id));
     let mut response = JoinGroupResponse::default()
@@ -72,6 +77,9 @@ pub async fn handle(
         );
     if version >= 7 {
         response.protocol_type = outcome.protocol_type.map(StrBytes::from_string);
+    }
+    if version >= 9 {
+        response.skip_assignment = outcome.skip_assignment;
     }
     if version < 7 && response.protocol_name.is_none() {
         // Not nullable before v7.

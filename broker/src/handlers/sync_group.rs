@@ -25,17 +25,20 @@ pub async fn handle(shard: &Rc<Shard>, request: SyncGroupRequest, version: i16) 
     let generation = request.generation_id;
     let gid = group_id.clone();
     let outcome = on_group_shard(shard, &group_id, move |s| async move {
-        s.groups
-            .sync(
-                &gid,
-                &member_id,
-                instance_id.as_deref(),
-                generation,
-                protocol_type.as_deref(),
-                protocol_name.as_deref(),
-                assignments,
-            )
-            .await
+        let stopped = async {
+            s.stopped().await;
+            SyncOutcome::error(ResponseError::NotCoordinator)
+        };
+        let sync = s.groups.sync(
+            &gid,
+            &member_id,
+            instance_id.as_deref(),
+            generation,
+            protocol_type.as_deref(),
+            protocol_name.as_deref(),
+            assignments,
+        );
+        futures_lite::future::or(sync, stopped).await
     })
     .await
     .unwrap_or_else(|| SyncOutcome::error(ResponseError::CoordinatorNotAvailable));
