@@ -372,3 +372,27 @@ def test_a_broker_with_a_rebalance_pending_stops_promptly(broker):
     # SIGTERM must still end the process cleanly (stop() gives up, and the
     # test fails, if the process outlives the harness's stop deadline).
     assert broker.stop() == 0
+
+
+@pytest.mark.broker_args(*GROUP_FLAGS)
+def test_offsets_of_a_deleted_topic_are_cleaned_up(broker):
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    create_topic(broker.bootstrap, "doomed", 2)
+    create_topic(broker.bootstrap, "kept", 1)
+    c = group_consumer(broker.bootstrap, "cleaner")
+    tps = [TopicPartition("doomed", 0, 5), TopicPartition("doomed", 1, 6), TopicPartition("kept", 0, 7)]
+    assert all(tp.error is None for tp in c.commit(offsets=tps, asynchronous=False))
+    c.close()
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.delete_topics(["doomed"])["doomed"].result(15)
+
+    def committed():
+        got = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions("cleaner")])["cleaner"].result(15)
+        return {(tp.topic, tp.partition): tp.offset for tp in got.topic_partitions}
+
+    assert committed() == {("kept", 0): 7}
+    # Also after a restart: the cleanup was durable.
+    broker.restart(kill=True)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    assert committed() == {("kept", 0): 7}

@@ -96,6 +96,7 @@ impl GroupCoordinator {
                 &shard.cache,
                 &shard.config.data_dir,
                 index,
+                store::SNAPSHOT_INTERVAL_BYTES,
                 runtime::now_ms(),
             )
             .await?;

@@ -34,9 +34,12 @@ use super::state::{GroupSnapshot, MemberSnapshot};
 /// Group logs in a cluster (Kafka's `offsets.topic.num.partitions`).
 pub const GROUP_LOG_PARTITIONS: i32 = 16;
 /// Bytes written to a group log between snapshots.
-const SNAPSHOT_INTERVAL_BYTES: u64 = 16 << 20;
-/// Segment size of group logs: small, so snapshots free space soon.
-const GROUP_LOG_SEGMENT_BYTES: u64 = 16 << 20;
+pub const SNAPSHOT_INTERVAL_BYTES: u64 = 16 << 20;
+/// Segment size of group logs, from their snapshot interval: small, so a
+/// snapshot soon leaves whole segments behind it to delete.
+fn group_log_segment_bytes(snapshot_interval_bytes: u64) -> u64 {
+    (4 * snapshot_interval_bytes).max(1 << 20)
+}
 const SNAPSHOT_FORMAT: u32 = 1;
 
 /// The group log a group lives in.
@@ -268,7 +271,10 @@ pub struct GroupLog {
     fs: DmaFileSystem,
     pub log: Log<DmaFileSystem>,
     bytes_since_snapshot: Cell<u64>,
+    snapshot_interval_bytes: u64,
     snapshotting: Cell<bool>,
+    /// Records replayed when opening: what followed the snapshot.
+    pub replayed_on_open: u64,
 }
 
 impl GroupLog {
@@ -279,17 +285,18 @@ impl GroupLog {
         cache: &BatchCache,
         data_dir: &Path,
         index: i32,
+        snapshot_interval_bytes: u64,
         now_ms: i64,
     ) -> Result<(GroupLog, LogState), StorageError> {
         let dir = group_log_dir(data_dir, index);
-        let config = LogConfig {
-            segment_bytes: GROUP_LOG_SEGMENT_BYTES,
+        let segment_bytes = group_log_segment_bytes(snapshot_interval_bytes);
+        let mut config = LogConfig {
+            segment_bytes,
             retention_ms: -1,
             retention_bytes: -1,
             ..LogConfig::default()
         };
-        let mut config = config;
-        config.appender.preallocate_bytes = GROUP_LOG_SEGMENT_BYTES;
+        config.appender.preallocate_bytes = segment_bytes;
         let log = Log::open(fs.clone(), dir.clone(), config, cache.clone(), now_ms).await?;
         let snapshot_path = dir.join("snapshot.json");
         let mut state = LogState::default();
@@ -350,7 +357,9 @@ impl GroupLog {
                 fs: fs.clone(),
                 log,
                 bytes_since_snapshot: Cell::new(0),
+                snapshot_interval_bytes,
                 snapshotting: Cell::new(false),
+                replayed_on_open: replayed,
             },
             state,
         ))
@@ -373,7 +382,7 @@ impl GroupLog {
     }
 
     pub fn snapshot_due(&self) -> bool {
-        !self.snapshotting.get() && self.bytes_since_snapshot.get() >= SNAPSHOT_INTERVAL_BYTES
+        !self.snapshotting.get() && self.bytes_since_snapshot.get() >= self.snapshot_interval_bytes
     }
 
     /// Writes `state` (the whole state as of `at`, the log's end offset when
@@ -467,6 +476,67 @@ mod tests {
         );
         assert_eq!(decoded.offsets["g"]["t"][&3].metadata.as_deref(), Some("meta"));
         assert!(decode_change(b"not json", None).is_none());
+    }
+
+    /// Many commits, snapshots along the way, a reopen: the state comes
+    /// back whole, and only what followed the last snapshot is replayed.
+    #[test]
+    fn snapshots_bound_what_a_reopen_replays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let fs = DmaFileSystem::new();
+                let cache = BatchCache::new(1 << 20);
+                let interval = 64 << 10;
+                let (log, _) = GroupLog::open(&fs, &cache, &data_dir, 3, interval, 0).await.unwrap();
+                let mut state = LogState::default();
+                let commits = 20_000u64;
+                let mut snapshots = 0;
+                for i in 0..commits {
+                    let change = Change::Offset {
+                        group: format!("g{}", i % 7),
+                        topic: "t".into(),
+                        partition: (i % 13) as i32,
+                        committed: Some(CommittedOffset {
+                            offset: i as i64,
+                            leader_epoch: 0,
+                            metadata: Some(format!("m{i}")),
+                            commit_ms: 0,
+                        }),
+                    };
+                    state.apply(&change);
+                    let end = log.append(&[change], 0).await.unwrap();
+                    if log.snapshot_due() {
+                        log.snapshot(state.clone(), end).await.unwrap();
+                        snapshots += 1;
+                    }
+                }
+                log.log.close().await.unwrap();
+                assert!(snapshots > 10, "{snapshots} snapshots");
+                let (reopened, loaded) = GroupLog::open(&fs, &cache, &data_dir, 3, interval, 0).await.unwrap();
+                assert_eq!(
+                    serde_json::to_string(&loaded).unwrap(),
+                    serde_json::to_string(&state).unwrap()
+                );
+                // One interval's worth of records at most, not all 20k.
+                assert!(
+                    reopened.replayed_on_open < commits / 10,
+                    "replayed {} of {commits} records",
+                    reopened.replayed_on_open
+                );
+                // And old segments went: at most the active one and the one
+                // the last snapshot falls in remain.
+                let segment_bytes = group_log_segment_bytes(interval);
+                assert!(
+                    reopened.log.stats().size_bytes <= 2 * segment_bytes,
+                    "{:?}",
+                    reopened.log.stats()
+                );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]
