@@ -7,6 +7,7 @@ mod cpuset;
 mod error;
 mod group;
 mod handlers;
+mod kvlog;
 mod metadata;
 mod partition;
 mod runtime;

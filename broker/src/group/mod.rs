@@ -103,7 +103,7 @@ impl GroupCoordinator {
             let log = Rc::new(log);
             let flusher = log.clone();
             runtime::spawn_detached(async move {
-                while let Err(e) = flusher.log.flush_until_closed().await {
+                while let Err(e) = flusher.kv.log.flush_until_closed().await {
                     warn!(group_log = flusher.index, error = %e, "group log sync failed; retrying");
                     runtime::sleep(Duration::from_millis(100)).await;
                 }
@@ -124,7 +124,7 @@ impl GroupCoordinator {
     pub async fn close(&self) {
         let logs: Vec<Rc<GroupLog>> = self.logs.borrow().values().cloned().collect();
         for log in logs {
-            if let Err(e) = log.log.close().await {
+            if let Err(e) = log.kv.log.close().await {
                 warn!(group_log = log.index, error = %e, "could not close a group log cleanly");
             }
         }
@@ -148,7 +148,7 @@ impl GroupCoordinator {
         let end = log.append(&changes, runtime::now_ms()).await?;
         if log.snapshot_due() {
             let state = self.log_state(log.index);
-            let at = log.log.end_offset();
+            let at = log.kv.log.end_offset();
             let snap = log.clone();
             runtime::spawn_detached(async move {
                 match snap.snapshot(state, at).await {

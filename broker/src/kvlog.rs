@@ -1,0 +1,246 @@
+//! A durable key-value map on a storage `Log`, with snapshots: the store
+//! under both coordinators (groups and transactions).
+//!
+//! Every change is a record whose key and value are the map's key and
+//! value (a null value deletes), appended to the log as an uncompressed v2
+//! batch. After enough bytes, the whole map as of log offset X is written to
+//! `snapshot.json` (once the log is durable up to X) and the log start moves
+//! to X, deleting whole older segments. Opening loads the snapshot and
+//! replays only the records after it: recovery time follows the map's size,
+//! not the number of changes ever made.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sluice_storage::batch::{RecordData, decode_uncompressed, encode_batch};
+use sluice_storage::io::dma::DmaFileSystem;
+use sluice_storage::io::{read_file, write_file_atomic};
+use sluice_storage::{BatchCache, Log, LogConfig, Offset, ReadLimits, StorageError};
+use tracing::warn;
+
+const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_FILE: &str = "snapshot.json";
+/// Bytes read at a time when replaying.
+const REPLAY_READ_BYTES: usize = 4 << 20;
+
+/// The map: keys and values as the caller serialized them.
+pub type KvMap = BTreeMap<String, String>;
+
+/// A change: set `key` to `value`, or delete it (`None`).
+pub type KvChange = (String, Option<String>);
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    format: u32,
+    /// Every record below this offset is in `entries`.
+    next_offset: i64,
+    entries: KvMap,
+}
+
+/// Segment size from the snapshot interval: small, so a snapshot soon
+/// leaves whole segments behind it to delete.
+pub fn segment_bytes_for(snapshot_interval_bytes: u64) -> u64 {
+    (4 * snapshot_interval_bytes).max(1 << 20)
+}
+
+pub struct KvLog {
+    dir: PathBuf,
+    fs: DmaFileSystem,
+    pub log: Log<DmaFileSystem>,
+    bytes_since_snapshot: Cell<u64>,
+    snapshot_interval_bytes: u64,
+    snapshotting: Cell<bool>,
+    /// Records replayed when opening: what followed the snapshot.
+    pub replayed_on_open: u64,
+}
+
+impl KvLog {
+    /// Opens the log in `dir` and loads the map: the snapshot, then the
+    /// records after it.
+    pub async fn open(
+        fs: &DmaFileSystem,
+        cache: &BatchCache,
+        dir: PathBuf,
+        snapshot_interval_bytes: u64,
+        now_ms: i64,
+    ) -> Result<(KvLog, KvMap), StorageError> {
+        let segment_bytes = segment_bytes_for(snapshot_interval_bytes);
+        let mut config = LogConfig {
+            segment_bytes,
+            retention_ms: -1,
+            retention_bytes: -1,
+            ..LogConfig::default()
+        };
+        config.appender.preallocate_bytes = segment_bytes;
+        let log = Log::open(fs.clone(), dir.clone(), config, cache.clone(), now_ms).await?;
+        let snapshot_path = dir.join(SNAPSHOT_FILE);
+        let mut map = KvMap::new();
+        let mut from = log.start_offset();
+        if let Some(bytes) = read_file(fs, &snapshot_path)
+            .await
+            .map_err(|e| StorageError::io("read snapshot", &snapshot_path, e))?
+        {
+            let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+            match serde_json::from_slice::<SnapshotFile>(&bytes[..end]) {
+                Ok(s) if s.format == SNAPSHOT_FORMAT => {
+                    map = s.entries;
+                    from = from.max(Offset(s.next_offset));
+                }
+                _ => warn!(path = %snapshot_path.display(), "snapshot unreadable: replaying the whole log"),
+            }
+        }
+        let mut replayed = 0u64;
+        let end = log.durable_offset();
+        let mut next = from.min(end);
+        while next < end {
+            let limits = ReadLimits {
+                bytes_max: REPLAY_READ_BYTES,
+                upper: end,
+                min_one: true,
+            };
+            let batches = log.read(next, limits).await?;
+            let Some(last) = batches.last() else { break };
+            next = last.next_offset();
+            for batch in &batches {
+                for record in decode_uncompressed(&batch.to_bytes()).unwrap_or_default() {
+                    let Some(key) = record.key.and_then(|k| String::from_utf8(k).ok()) else {
+                        continue;
+                    };
+                    match record.value.and_then(|v| String::from_utf8(v).ok()) {
+                        Some(v) => map.insert(key, v),
+                        None => map.remove(&key),
+                    };
+                    replayed += 1;
+                }
+            }
+        }
+        Ok((
+            KvLog {
+                dir,
+                fs: fs.clone(),
+                log,
+                bytes_since_snapshot: Cell::new(0),
+                snapshot_interval_bytes,
+                snapshotting: Cell::new(false),
+                replayed_on_open: replayed,
+            },
+            map,
+        ))
+    }
+
+    /// Appends changes as one batch; returns the offset after them. Not
+    /// durable yet: see [`wait_durable`](Self::wait_durable).
+    pub async fn append(&self, changes: &[KvChange], now_ms: i64) -> Result<Offset, StorageError> {
+        assert!(!changes.is_empty());
+        let records: Vec<RecordData> = changes
+            .iter()
+            .map(|(k, v)| RecordData {
+                key: Some(k.clone().into_bytes()),
+                value: v.clone().map(String::into_bytes),
+                headers: Vec::new(),
+            })
+            .collect();
+        let batch = encode_batch(&records, now_ms);
+        self.bytes_since_snapshot
+            .set(self.bytes_since_snapshot.get() + batch.len() as u64);
+        let info = self.log.append(Bytes::from(batch), now_ms).await?;
+        Ok(info.last_offset.plus(1))
+    }
+
+    pub async fn wait_durable(&self, offset: Offset) -> Result<(), StorageError> {
+        self.log.wait_durable(offset).await
+    }
+
+    pub fn snapshot_due(&self) -> bool {
+        !self.snapshotting.get() && self.bytes_since_snapshot.get() >= self.snapshot_interval_bytes
+    }
+
+    /// Writes `map` (the whole map as of `at`, the log's end offset when it
+    /// was taken) as the snapshot, then drops the log before it.
+    pub async fn snapshot(&self, map: KvMap, at: Offset) -> Result<(), StorageError> {
+        if self.snapshotting.replace(true) {
+            return Ok(());
+        }
+        let result = async {
+            self.log.wait_durable(at).await?;
+            let path = self.dir.join(SNAPSHOT_FILE);
+            let file = SnapshotFile {
+                format: SNAPSHOT_FORMAT,
+                next_offset: at.0,
+                entries: map,
+            };
+            let json = serde_json::to_vec(&file).expect("strings serialize");
+            write_file_atomic(&self.fs, &path, &json)
+                .await
+                .map_err(|e| StorageError::io("write snapshot", &path, e))?;
+            self.bytes_since_snapshot.set(0);
+            self.log.advance_start(at).await?;
+            Ok(())
+        }
+        .await;
+        self.snapshotting.set(false);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many changes, snapshots along the way, a reopen: the map comes back
+    /// whole, only what followed the last snapshot is replayed, and old
+    /// segments are gone.
+    #[test]
+    fn snapshots_bound_what_a_reopen_replays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("kv");
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let fs = DmaFileSystem::new();
+                let cache = BatchCache::new(1 << 20);
+                let interval = 64 << 10;
+                let (kv, _) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
+                let mut map = KvMap::new();
+                let changes = 20_000u64;
+                let mut snapshots = 0;
+                for i in 0..changes {
+                    let key = format!("key-{}", i % 97);
+                    let change: KvChange = if i % 11 == 0 {
+                        (key, None)
+                    } else {
+                        (key, Some(format!("value-{i}")))
+                    };
+                    match &change.1 {
+                        Some(v) => map.insert(change.0.clone(), v.clone()),
+                        None => map.remove(&change.0),
+                    };
+                    let end = kv.append(&[change], 0).await.unwrap();
+                    if kv.snapshot_due() {
+                        kv.snapshot(map.clone(), end).await.unwrap();
+                        snapshots += 1;
+                    }
+                }
+                kv.log.close().await.unwrap();
+                assert!(snapshots > 10, "{snapshots} snapshots");
+                let (reopened, loaded) = KvLog::open(&fs, &cache, dir, interval, 0).await.unwrap();
+                assert_eq!(loaded, map);
+                assert!(
+                    reopened.replayed_on_open < changes / 10,
+                    "replayed {} of {changes} records",
+                    reopened.replayed_on_open
+                );
+                let segment_bytes = segment_bytes_for(interval);
+                assert!(
+                    reopened.log.stats().size_bytes <= 2 * segment_bytes,
+                    "{:?}",
+                    reopened.log.stats()
+                );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}
