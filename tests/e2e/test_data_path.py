@@ -375,7 +375,8 @@ def produce_through_restart(broker, kill):
     # stream is certainly produced after the restart.
     after_restart_from = 2 * RESTART_MESSAGE_COUNT // 3
     sent = 0
-    unacknowledged_at_restart = None
+    sent_at_restart = None
+    sent_while_restarting = 0
     deadline = time.monotonic() + 120
     while sent < RESTART_MESSAGE_COUNT:
         assert time.monotonic() < deadline, f"stream stalled at {sent} sent"
@@ -383,6 +384,8 @@ def produce_through_restart(broker, kill):
             for _ in range(RESTART_STEP_MESSAGES):
                 produce(producer, topic, value=values[sent], on_delivery=tracker)
                 sent += 1
+                if restarter.is_alive():
+                    sent_while_restarting += 1
                 if sent == RESTART_MESSAGE_COUNT:
                     break
         # Serves delivery reports and paces the stream: the restart happens
@@ -391,12 +394,15 @@ def produce_through_restart(broker, kill):
         if not restarter.is_alive() and not restart_done.is_set() and (
             len(tracker.delivered) >= RESTART_MESSAGE_COUNT // 3
         ):
-            unacknowledged_at_restart = sent - len(tracker.delivered)
+            sent_at_restart = sent
             restarter.start()
     restarter.join(120)
     assert restart_done.is_set(), "restart hung"
     assert not restart_error, f"restart failed: {restart_error[0]}"
-    assert unacknowledged_at_restart, "the restart did not happen in the middle of the stream"
+    # Whether requests are in flight at the very moment of the stop depends
+    # on timing; what the test guarantees is a stream that goes on while the
+    # broker stops and comes back, with acknowledged messages on both sides.
+    assert sent_at_restart and sent_while_restarting, "the restart did not happen in the middle of the stream"
 
     flush(producer, 120)
     assert tracker.reports == RESTART_MESSAGE_COUNT
