@@ -30,7 +30,7 @@ use crate::latency::{LatencyRecorder, LatencySummary};
 
 /// glommio's registered DMA buffer pool: enough for a full write buffer, so
 /// writes use fixed buffers and steady appends allocate nothing.
-const IO_MEMORY_BYTES: usize = 64 << 20;
+pub(crate) const IO_MEMORY_BYTES: usize = 64 << 20;
 
 #[derive(Args, Debug, Clone)]
 pub struct StorageArgs {
@@ -105,7 +105,7 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -210,7 +210,7 @@ impl Drop for Scratch {
     }
 }
 
-async fn raw_write_bandwidth(fs: &DmaFileSystem, dir: &Path, write_bytes: usize, total: u64) -> anyhow::Result<f64> {
+pub(crate) async fn raw_write_bandwidth(fs: &DmaFileSystem, dir: &Path, write_bytes: usize, total: u64) -> anyhow::Result<f64> {
     let path = dir.join("raw-bandwidth.dat");
     let _scratch = Scratch(path.clone());
     let file = fs.open(&path, true).await?;
@@ -236,7 +236,7 @@ async fn raw_write_bandwidth(fs: &DmaFileSystem, dir: &Path, write_bytes: usize,
     Ok((writes * write_bytes as u64) as f64 / elapsed.as_secs_f64() / 1e6)
 }
 
-async fn raw_sync_latency(
+pub(crate) async fn raw_sync_latency(
     fs: &DmaFileSystem,
     dir: &Path,
     write_bytes: usize,
