@@ -45,7 +45,10 @@ mod tests {
         let a = Instant::now();
         let b = a + Duration::from_millis(5);
         assert_eq!(us_at(b) - us_at(a), 5000);
-        let wall_us = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_micros() as u64;
+        let wall_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_micros() as u64;
         assert!(now_us().abs_diff(wall_us) < 1_000_000);
     }
 }

@@ -65,7 +65,11 @@ fn topic_name(topic: &str) -> TopicName {
 pub async fn create_topic(conn: &mut Connection, topic: &str, partitions: i32) -> anyhow::Result<()> {
     // -1 asks for the broker's default replication factor, which needs
     // CreateTopics v4; before that, 1.
-    let replication_factor = if conn.versions().get(ApiKey::CreateTopics)? >= 4 { -1 } else { 1 };
+    let replication_factor = if conn.versions().get(ApiKey::CreateTopics)? >= 4 {
+        -1
+    } else {
+        1
+    };
     let request = CreateTopicsRequest::default()
         .with_timeout_ms(CREATE_TOPIC_TIMEOUT_MS)
         .with_topics(vec![
@@ -94,7 +98,9 @@ pub async fn describe_topic(conn: &mut Connection, topic: &str) -> anyhow::Resul
     let mut last_problem = String::new();
     for _ in 0..LEADER_WAIT_ATTEMPTS_MAX {
         let request = MetadataRequest::default()
-            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(topic_name(topic)))]))
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(topic_name(topic))),
+            ]))
             .with_allow_auto_topic_creation(false);
         let response: MetadataResponse = conn.call(ApiKey::Metadata, &request).await?;
         match layout_of(&response, topic) {
@@ -108,7 +114,11 @@ pub async fn describe_topic(conn: &mut Connection, topic: &str) -> anyhow::Resul
 
 /// The layout a metadata response gives, or what is still missing.
 pub fn layout_of(response: &MetadataResponse, topic: &str) -> Result<TopicLayout, String> {
-    let Some(t) = response.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic)) else {
+    let Some(t) = response
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+    else {
         return Err("not in the metadata".to_string());
     };
     if t.error_code != 0 {
@@ -119,7 +129,10 @@ pub fn layout_of(response: &MetadataResponse, topic: &str) -> Result<TopicLayout
     }
     let mut partitions = Vec::with_capacity(t.partitions.len());
     for p in &t.partitions {
-        let leader = response.brokers.iter().find(|b| b.node_id == p.leader_id && p.leader_id != BrokerId(-1));
+        let leader = response
+            .brokers
+            .iter()
+            .find(|b| b.node_id == p.leader_id && p.leader_id != BrokerId(-1));
         match leader {
             Some(b) if p.error_code == 0 => partitions.push(PartitionLeader {
                 partition: p.partition_index,
@@ -146,17 +159,19 @@ pub async fn list_offsets(
     let request = ListOffsetsRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_topics(vec![
-            ListOffsetsTopic::default().with_name(topic_name(topic)).with_partitions(
-                partitions
-                    .iter()
-                    .map(|&p| {
-                        ListOffsetsPartition::default()
-                            .with_partition_index(p)
-                            .with_current_leader_epoch(-1)
-                            .with_timestamp(timestamp)
-                    })
-                    .collect(),
-            ),
+            ListOffsetsTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|&p| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(p)
+                                .with_current_leader_epoch(-1)
+                                .with_timestamp(timestamp)
+                        })
+                        .collect(),
+                ),
         ]);
     let response: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, &request).await?;
     let mut offsets = Vec::with_capacity(partitions.len());
@@ -169,7 +184,11 @@ pub async fn list_offsets(
         }
     }
     if offsets.len() != partitions.len() {
-        bail!("ListOffsets of {topic} answered {} of {} partitions", offsets.len(), partitions.len());
+        bail!(
+            "ListOffsets of {topic} answered {} of {} partitions",
+            offsets.len(),
+            partitions.len()
+        );
     }
     Ok(offsets)
 }

@@ -84,7 +84,9 @@ pub struct Reply(oneshot::Receiver<anyhow::Result<Bytes>>);
 
 impl Reply {
     pub async fn wait(self) -> anyhow::Result<Bytes> {
-        self.0.await.map_err(|_| anyhow!("connection closed before the response"))?
+        self.0
+            .await
+            .map_err(|_| anyhow!("connection closed before the response"))?
     }
 }
 
@@ -112,7 +114,9 @@ impl Connection {
             .map_err(|e| anyhow!("connecting to {addr}: {e}"))?;
         // Requests are written whole; Nagle would only hold back the last
         // segment of each.
-        stream.set_nodelay(true).map_err(|e| anyhow!("setting TCP_NODELAY: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| anyhow!("setting TCP_NODELAY: {e}"))?;
         let (reader, writer) = futures_lite::io::split(stream);
         let shared = Rc::new(Shared::default());
         let reader = glommio::spawn_local({

@@ -90,7 +90,9 @@ pub async fn run(
     };
     let tasks: Vec<_> = links
         .into_iter()
-        .map(|(conn, positions)| glommio::spawn_local(fetch_loop(config.clone(), conn, positions, stats.clone(), deadline)))
+        .map(|(conn, positions)| {
+            glommio::spawn_local(fetch_loop(config.clone(), conn, positions, stats.clone(), deadline))
+        })
         .collect();
     for t in tasks {
         t.await?;
@@ -111,7 +113,9 @@ async fn connect(
     leaders.sort();
     leaders.dedup();
     for leader in leaders {
-        let mut conn = Connection::connect(leader, 1).await.with_context(|| format!("leader {leader}"))?;
+        let mut conn = Connection::connect(leader, 1)
+            .await
+            .with_context(|| format!("leader {leader}"))?;
         conn.versions().get(ApiKey::Fetch)?;
         let ids: Vec<i32> = partitions
             .iter()

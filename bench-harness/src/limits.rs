@@ -15,9 +15,9 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::LocalExecutorBuilder;
 use glommio::net::{TcpListener, TcpStream};
 use serde::{Deserialize, Serialize};
+use sluice_storage::LogConfig;
 use sluice_storage::appender::WRITES_IN_FLIGHT_MAX;
 use sluice_storage::io::dma::DmaFileSystem;
-use sluice_storage::LogConfig;
 
 use crate::cpuset;
 use crate::latency::{LatencyRecorder, LatencyReport};
@@ -130,7 +130,8 @@ pub fn run(args: LimitsArgs) -> anyhow::Result<LimitsReport> {
     };
     print_report(&report);
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(report)
@@ -158,7 +159,10 @@ fn print_report(r: &LimitsReport) {
         r.disk_sync_write_bytes,
         r.disk_sync_latency_us.summary.line()
     );
-    println!("  ceiling               {:>8.0} MB/s  (the lower of the two)", r.ceiling_mb_s);
+    println!(
+        "  ceiling               {:>8.0} MB/s  (the lower of the two)",
+        r.ceiling_mb_s
+    );
 }
 
 /// MB/s through one loopback connection: a receiver on the first CPU, a
@@ -189,15 +193,21 @@ fn loopback_tcp(cpus: &[usize], duration: Duration) -> anyhow::Result<f64> {
         })
         .map_err(|e| anyhow!("starting the receiver: {e}"))?;
     let addr = addr_rx.recv().map_err(|_| anyhow!("the receiver failed to listen"))?;
-    run_on_executor("sluice-bench-limits-tx", cpuset::placement(cpus, 1), move || async move {
-        let mut stream = TcpStream::connect(addr).await.map_err(|e| anyhow!("connecting to {addr}: {e}"))?;
-        let buf = vec![0x5au8; TCP_WRITE_BYTES];
-        let until = Instant::now() + duration;
-        while Instant::now() < until {
-            stream.write_all(&buf).await.context("writing")?;
-        }
-        stream.close().await.context("closing")?;
-        anyhow::Ok(())
-    })?;
+    run_on_executor(
+        "sluice-bench-limits-tx",
+        cpuset::placement(cpus, 1),
+        move || async move {
+            let mut stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| anyhow!("connecting to {addr}: {e}"))?;
+            let buf = vec![0x5au8; TCP_WRITE_BYTES];
+            let until = Instant::now() + duration;
+            while Instant::now() < until {
+                stream.write_all(&buf).await.context("writing")?;
+            }
+            stream.close().await.context("closing")?;
+            anyhow::Ok(())
+        },
+    )?;
     receiver.join().map_err(|e| anyhow!("receiver failed: {e:?}"))?
 }

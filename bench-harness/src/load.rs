@@ -20,7 +20,9 @@ use crate::latency::LatencyReport;
 use crate::producer::{self, ProducerConfig};
 use crate::progress::{self, DoneGuard, Update};
 use crate::record_batch::STAMP_BYTES;
-use crate::report::{ConsumeReport, ErrorCount, RunConfig, RunReport, SCHEMA_VERSION, Throughput, command_line, unix_time_s};
+use crate::report::{
+    ConsumeReport, ErrorCount, RunConfig, RunReport, SCHEMA_VERSION, Throughput, command_line, unix_time_s,
+};
 use crate::stats::{Schedule, WorkerResult};
 use crate::{cpuset, plot};
 
@@ -218,7 +220,11 @@ where
         .map_err(|e| anyhow!("executor {name} failed: {e:?}"))?
 }
 
-fn spawn_executor<T, F, Fut>(name: &str, placement: Placement, f: F) -> anyhow::Result<ExecutorJoinHandle<anyhow::Result<T>>>
+fn spawn_executor<T, F, Fut>(
+    name: &str,
+    placement: Placement,
+    f: F,
+) -> anyhow::Result<ExecutorJoinHandle<anyhow::Result<T>>>
 where
     T: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
@@ -343,7 +349,11 @@ fn run_workers(
     };
     let mut first_error = None;
     for (is_producer, handle) in handles {
-        match handle.join().map_err(|e| anyhow!("a worker panicked: {e:?}")).and_then(|r| r) {
+        match handle
+            .join()
+            .map_err(|e| anyhow!("a worker panicked: {e:?}"))
+            .and_then(|r| r)
+        {
             Ok(result) if is_producer => outcome.producers.merge(&result),
             Ok(result) => outcome.consumers.merge(&result),
             Err(e) => {
@@ -400,6 +410,7 @@ fn report_from(kind: &str, label: String, config: RunConfig, main: &WorkerResult
         config,
         records: main.records,
         bytes: main.bytes,
+        records_total: main.records_total,
         throughput_records_s: throughput.records_s,
         throughput_mb_s: throughput.mb_s,
         per_second: throughput.per_second,
@@ -453,7 +464,12 @@ pub fn produce(args: ProduceArgs) -> anyhow::Result<RunReport> {
     Ok(report)
 }
 
-fn consumer_config(topic: &str, c: &ConsumerArgs, start_at: StartAt, stop_at_end: bool) -> anyhow::Result<ConsumerConfig> {
+fn consumer_config(
+    topic: &str,
+    c: &ConsumerArgs,
+    start_at: StartAt,
+    stop_at_end: bool,
+) -> anyhow::Result<ConsumerConfig> {
     if c.fetch_bytes == 0 || c.partition_fetch_bytes == 0 || c.fetch_bytes > consumer::FETCH_BYTES_MAX {
         bail!(
             "--fetch-bytes must be within 1..={} and --partition-fetch-bytes positive",
@@ -518,7 +534,15 @@ pub fn e2e(args: E2eArgs) -> anyhow::Result<RunReport> {
         .map(|i| (Role::Producer(producer.clone()), i, producers))
         .collect();
     roles.extend((0..consumers).map(|i| (Role::Consumer(consumer.clone()), i, consumers)));
-    let outcome = run_workers(&layout, roles, &cpus, warmup, duration, Some(producers_done), "produced+consumed")?;
+    let outcome = run_workers(
+        &layout,
+        roles,
+        &cpus,
+        warmup,
+        duration,
+        Some(producers_done),
+        "produced+consumed",
+    )?;
     let label = common
         .label
         .clone()
@@ -531,6 +555,7 @@ pub fn e2e(args: E2eArgs) -> anyhow::Result<RunReport> {
     report.consume = Some(ConsumeReport {
         records: outcome.consumers.records,
         bytes: outcome.consumers.bytes,
+        records_total: outcome.consumers.records_total,
         throughput_records_s: consumed.records_s,
         throughput_mb_s: consumed.mb_s,
         per_second: consumed.per_second,

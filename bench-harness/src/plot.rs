@@ -268,7 +268,9 @@ mod tests {
             for (i, _) in text.match_indices('&') {
                 let entity = &text[i..];
                 assert!(
-                    ["&amp;", "&lt;", "&gt;", "&quot;"].iter().any(|e| entity.starts_with(e)),
+                    ["&amp;", "&lt;", "&gt;", "&quot;"]
+                        .iter()
+                        .any(|e| entity.starts_with(e)),
                     "bare & in text {text:?}"
                 );
             }
@@ -328,9 +330,17 @@ mod tests {
             assert!(coords.len() > 10);
             // Left to right, and never down: latency rises with percentile.
             assert!(coords.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 >= w[1].1));
-            assert!(coords.iter().all(|&(x, y)| (0.0..=WIDTH).contains(&x) && (0.0..=HEIGHT).contains(&y)));
+            assert!(
+                coords
+                    .iter()
+                    .all(|&(x, y)| (0.0..=WIDTH).contains(&x) && (0.0..=HEIGHT).contains(&y))
+            );
         }
-        let texts: Vec<&str> = elements.iter().filter(|e| e.0 == "text").map(|e| e.2.as_str()).collect();
+        let texts: Vec<&str> = elements
+            .iter()
+            .filter(|e| e.0 == "text")
+            .map(|e| e.2.as_str())
+            .collect();
         for label in ["50%", "90%", "99%", "99.9%", "99.99%", "99.999%", "a & <b>"] {
             assert!(texts.contains(&label), "missing {label} in {texts:?}");
         }

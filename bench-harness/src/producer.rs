@@ -235,7 +235,11 @@ impl Generator<'_> {
     /// the next due record, the open batch's linger, or the end of the run.
     async fn wait(&self, links: &[Link], generating: bool) {
         let now = Instant::now();
-        let mut wake = if generating { self.schedule.measure_until } else { now + DRAIN_TIMEOUT };
+        let mut wake = if generating {
+            self.schedule.measure_until
+        } else {
+            now + DRAIN_TIMEOUT
+        };
         let ready_full = match self.config.rate_records_s {
             Some(_) => ready_bytes(links) >= READY_BYTES_MAX,
             None => ready_bytes(links) >= self.config.request_bytes_max * links.len(),
@@ -329,16 +333,18 @@ impl Generator<'_> {
             .with_acks(self.config.acks)
             .with_timeout_ms(PRODUCE_TIMEOUT_MS)
             .with_topic_data(vec![
-                TopicProduceData::default().with_name(self.topic.clone()).with_partition_data(
-                    batches
-                        .iter()
-                        .map(|b| {
-                            PartitionProduceData::default()
-                                .with_index(b.partition)
-                                .with_records(Some(b.bytes.clone()))
-                        })
-                        .collect(),
-                ),
+                TopicProduceData::default()
+                    .with_name(self.topic.clone())
+                    .with_partition_data(
+                        batches
+                            .iter()
+                            .map(|b| {
+                                PartitionProduceData::default()
+                                    .with_index(b.partition)
+                                    .with_records(Some(b.bytes.clone()))
+                            })
+                            .collect(),
+                    ),
             ]);
         let expects_response = self.config.acks != 0;
         let version = link.conn.versions().get(ApiKey::Produce)?;

@@ -99,7 +99,8 @@ impl BatchBuilder {
         put_varint(&mut self.bytes, -1); // null key
         put_varint(&mut self.bytes, value_bytes as i64);
         self.bytes.extend_from_slice(&stamp_us.to_be_bytes());
-        self.bytes.resize(self.bytes.len() + value_bytes - STAMP_BYTES, VALUE_FILL_BYTE);
+        self.bytes
+            .resize(self.bytes.len() + value_bytes - STAMP_BYTES, VALUE_FILL_BYTE);
         put_varint(&mut self.bytes, 0); // no headers
         debug_assert_eq!(self.bytes.len() - body_start, body_bytes);
         self.record_count += 1;
@@ -196,7 +197,12 @@ pub fn read_batches(records: &[u8], mut on_stamp: impl FnMut(u64)) -> Result<Rea
 }
 
 /// Calls `on_stamp` for each record's stamp; returns the bytes of the values.
-fn read_stamps(batch: &[u8], record_count: u64, batch_at: usize, on_stamp: &mut impl FnMut(u64)) -> Result<u64, ReadError> {
+fn read_stamps(
+    batch: &[u8],
+    record_count: u64,
+    batch_at: usize,
+    on_stamp: &mut impl FnMut(u64),
+) -> Result<u64, ReadError> {
     let mut pos = BATCH_HEADER_BYTES;
     let mut value_bytes_total = 0u64;
     for _ in 0..record_count {

@@ -47,6 +47,9 @@ pub struct SecondReport {
 pub struct ConsumeReport {
     pub records: u64,
     pub bytes: u64,
+    /// Records received at any time of the run, warmup and catch-up included.
+    #[serde(default)]
+    pub records_total: u64,
     pub throughput_records_s: f64,
     pub throughput_mb_s: f64,
     pub per_second: Vec<SecondReport>,
@@ -75,6 +78,11 @@ pub struct RunReport {
     /// consume.
     pub records: u64,
     pub bytes: u64,
+    /// Records completed at any time of the run, warmup and the final
+    /// drain included: for produce and e2e, every record the broker
+    /// acknowledged, so a topic produced by one run holds exactly this many.
+    #[serde(default)]
+    pub records_total: u64,
     pub throughput_records_s: f64,
     /// Megabytes (10^6 bytes) of payload per second.
     pub throughput_mb_s: f64,
@@ -139,30 +147,32 @@ impl RunReport {
     /// The summary printed at the end of a run.
     pub fn print_summary(&self) {
         let c = &self.config;
-        let load = match c.rate_records_s {
-            Some(r) => format!("open loop at {r:.0} records/s"),
-            None => "closed loop".to_string(),
-        };
+        let mut setup = vec![format!("topic {} ({} partitions)", c.topic, c.partitions)];
+        if c.producers > 0 {
+            let load = match c.rate_records_s {
+                Some(r) => format!("open loop at {r:.0} records/s"),
+                None => "closed loop".to_string(),
+            };
+            setup.push(format!(
+                "{} producer(s) of {}-byte records, acks={}, {load}",
+                c.producers,
+                c.record_bytes,
+                c.acks.as_deref().unwrap_or("?")
+            ));
+        }
+        if c.consumers > 0 {
+            setup.push(format!("{} consumer(s)", c.consumers));
+        }
         println!();
-        println!(
-            "{} on {}: topic {} ({} partitions), {}-byte records{}, {} producer(s), {} consumer(s), {load}",
-            self.label,
-            c.brokers,
-            c.topic,
-            c.partitions,
-            c.record_bytes,
-            c.acks.as_ref().map(|a| format!(", acks={a}")).unwrap_or_default(),
-            c.producers,
-            c.consumers,
-        );
+        println!("{} on {}: {}", self.label, c.brokers, setup.join(", "));
         println!(
             "measured {:.0} s after {:.0} s of warmup; cpuset {}",
             c.duration_s, c.warmup_s, c.cpuset
         );
         let verb = if self.kind == "consume" { "consumed" } else { "acked" };
         println!(
-            "throughput   {:>10.1} MB/s  {:>12.0} records/s  ({} records {verb})",
-            self.throughput_mb_s, self.throughput_records_s, self.records
+            "throughput   {:>10.1} MB/s  {:>12.0} records/s  ({} records {verb} in the window, {} in all)",
+            self.throughput_mb_s, self.throughput_records_s, self.records, self.records_total
         );
         print_per_second(&self.per_second);
         if let Some(l) = &self.produce_latency_us {
@@ -178,7 +188,11 @@ impl RunReport {
             println!("e2e latency      {}", l.summary.line());
         }
         if self.error_records > 0 || self.unacked_records > 0 {
-            let codes: Vec<String> = self.errors.iter().map(|e| format!("{}x{}", e.code, e.records)).collect();
+            let codes: Vec<String> = self
+                .errors
+                .iter()
+                .map(|e| format!("{}x{}", e.code, e.records))
+                .collect();
             println!(
                 "errors: {} records refused (code x records: {}), {} never answered",
                 self.error_records,
@@ -246,6 +260,7 @@ pub mod tests {
             config: RunConfig::default(),
             records: 1000,
             bytes: 1_024_000,
+            records_total: 1200,
             throughput_records_s: 100.0,
             throughput_mb_s: 0.1024,
             per_second: vec![SecondReport {
@@ -266,7 +281,13 @@ pub mod tests {
     fn json_has_the_documented_keys_and_reads_back() {
         let report = sample_report("e2e", "run", 1000);
         let value = serde_json::to_value(&report).expect("serializes");
-        for key in ["throughput_mb_s", "throughput_records_s", "produce_latency_us", "e2e_latency_us", "per_second"] {
+        for key in [
+            "throughput_mb_s",
+            "throughput_records_s",
+            "produce_latency_us",
+            "e2e_latency_us",
+            "per_second",
+        ] {
             assert!(value.get(key).is_some(), "missing {key}");
         }
         for latency in ["produce_latency_us", "e2e_latency_us"] {

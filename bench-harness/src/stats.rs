@@ -53,6 +53,8 @@ pub struct WorkerStats {
     /// Records and bytes completed (acked or consumed) inside the window.
     records: u64,
     bytes: u64,
+    /// Records completed at any time, warmup and drain included.
+    records_total: u64,
     timeline: Vec<SecondCounts>,
     /// Records the broker refused, by Kafka error code.
     errors: Vec<(i16, u64)>,
@@ -74,6 +76,7 @@ impl WorkerStats {
             latency: new_latency_histogram(),
             records: 0,
             bytes: 0,
+            records_total: 0,
             timeline: vec![SecondCounts::default(); schedule.second_count()],
             errors: Vec::new(),
             first_failure: None,
@@ -98,6 +101,7 @@ impl WorkerStats {
     pub fn count_done(&mut self, done: Instant, records: u64, bytes: u64) {
         self.interval_records += records;
         self.interval_bytes += bytes;
+        self.records_total += records;
         if done < self.schedule.measure_from || done >= self.schedule.measure_until {
             return;
         }
@@ -140,6 +144,7 @@ impl WorkerStats {
             latency: self.latency,
             records: self.records,
             bytes: self.bytes,
+            records_total: self.records_total,
             timeline: self.timeline,
             errors: self.errors,
             first_failure: self.first_failure,
@@ -154,6 +159,9 @@ pub struct WorkerResult {
     pub latency: Histogram<u64>,
     pub records: u64,
     pub bytes: u64,
+    /// Records completed at any time, warmup and drain included: for a
+    /// producer, every record the broker acknowledged.
+    pub records_total: u64,
     pub timeline: Vec<SecondCounts>,
     pub errors: Vec<(i16, u64)>,
     pub first_failure: Option<String>,
@@ -167,6 +175,7 @@ impl WorkerResult {
             latency: new_latency_histogram(),
             records: 0,
             bytes: 0,
+            records_total: 0,
             timeline: vec![SecondCounts::default(); seconds],
             errors: Vec::new(),
             first_failure: None,
@@ -178,6 +187,7 @@ impl WorkerResult {
         self.latency.add(&other.latency).expect("histograms share their bounds");
         self.records += other.records;
         self.bytes += other.bytes;
+        self.records_total += other.records_total;
         if self.timeline.len() < other.timeline.len() {
             self.timeline.resize(other.timeline.len(), SecondCounts::default());
         }
@@ -224,8 +234,11 @@ mod tests {
         let r = stats.finish(4);
         assert_eq!(r.latency.len(), 1);
         assert!(r.latency.max() >= 1_000_000);
-        assert_eq!((r.records, r.bytes), (3, 300));
-        assert_eq!(r.timeline, vec![SecondCounts::default(), SecondCounts { records: 3, bytes: 300 }]);
+        assert_eq!((r.records, r.bytes, r.records_total), (3, 300, 15));
+        assert_eq!(
+            r.timeline,
+            vec![SecondCounts::default(), SecondCounts { records: 3, bytes: 300 }]
+        );
         assert_eq!(r.errors, vec![(6, 3)]);
         let mut total = WorkerResult::empty(0);
         total.merge(&r);

@@ -210,7 +210,12 @@ impl Drop for Scratch {
     }
 }
 
-pub(crate) async fn raw_write_bandwidth(fs: &DmaFileSystem, dir: &Path, write_bytes: usize, total: u64) -> anyhow::Result<f64> {
+pub(crate) async fn raw_write_bandwidth(
+    fs: &DmaFileSystem,
+    dir: &Path,
+    write_bytes: usize,
+    total: u64,
+) -> anyhow::Result<f64> {
     let path = dir.join("raw-bandwidth.dat");
     let _scratch = Scratch(path.clone());
     let file = fs.open(&path, true).await?;

@@ -81,7 +81,11 @@ pub fn encode_request<T: Encodable>(api: ApiKey, version: i16, correlation_id: i
     out.put_i32(i32::try_from(size).context("request too large for a frame")?);
     header.encode(&mut out, header_version)?;
     body.encode(&mut out, version)?;
-    assert_eq!(out.len(), SIZE_PREFIX_BYTES + size, "encoded size matches computed size");
+    assert_eq!(
+        out.len(),
+        SIZE_PREFIX_BYTES + size,
+        "encoded size matches computed size"
+    );
     Ok(out.freeze())
 }
 
@@ -154,15 +158,18 @@ mod tests {
     #[test]
     fn every_request_version_round_trips_through_the_broker_side_decoder() {
         let records = Bytes::from_static(b"opaque batch bytes");
-        let body = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("t")))
-                .with_partition_data(vec![
-                    PartitionProduceData::default()
-                        .with_index(7)
-                        .with_records(Some(records.clone())),
-                ]),
-        ]);
+        let body = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(7)
+                            .with_records(Some(records.clone())),
+                    ]),
+            ]);
         for version in 3..=9 {
             let frame = encode_request(ApiKey::Produce, version, 42, &body).expect("encodes");
             let size = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
@@ -190,7 +197,10 @@ mod tests {
                 .expect("encodes");
             ProduceResponse::default().encode(&mut frame, version).expect("encodes");
             let mut frame = frame.freeze();
-            assert_eq!(decode_response_header(ApiKey::Produce, version, &mut frame).ok(), Some(7));
+            assert_eq!(
+                decode_response_header(ApiKey::Produce, version, &mut frame).ok(),
+                Some(7)
+            );
             let body: ProduceResponse = decode_body(ApiKey::Produce, version, frame).expect("decodes");
             assert!(body.responses.is_empty());
         }

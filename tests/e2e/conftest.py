@@ -3,7 +3,8 @@ free loopback port with a temporary data directory, and gives tests a
 handle to restart or kill it.
 
 The binary comes from $SLUICE_BIN (scripts/test sets it to the release
-build), else target/release/sluice.
+build), else target/release/sluice; the load generator `sluice-bench` from
+$SLUICE_BENCH_BIN, else target/release/sluice-bench.
 """
 
 import os
@@ -17,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("SLUICE_BIN", ROOT / "target" / "release" / "sluice"))
+BENCH_BIN = Path(os.environ.get("SLUICE_BENCH_BIN", ROOT / "target" / "release" / "sluice-bench"))
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 30
 

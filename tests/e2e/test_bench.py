@@ -1,0 +1,68 @@
+"""sluice-bench against the real broker: its produce and e2e runs work, write
+the documented JSON, and what it reports acknowledged is what the broker
+holds. No timing is asserted: figures belong in docs/PERFORMANCE.md."""
+
+import json
+import subprocess
+
+from conftest import BENCH_BIN
+from kafka_helpers import consume_to_watermarks
+
+LATENCY_KEYS = ("p50", "p90", "p99", "p999", "p9999", "max")
+RUN_TIMEOUT_S = 120
+PARTITIONS = 4
+RECORD_BYTES = 200
+
+
+def bench(*args):
+    assert BENCH_BIN.exists(), f"{BENCH_BIN} is missing: run `cargo build --release --workspace` first"
+    done = subprocess.run(
+        [str(BENCH_BIN), *args], capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+    assert done.returncode == 0, f"sluice-bench {args[0]} failed:\n{done.stdout}\n{done.stderr}"
+    # Not a terminal: no live status line on stderr.
+    assert "\r" not in done.stderr
+    return done
+
+
+def check_latency(report, key):
+    latency = report[key]
+    for k in LATENCY_KEYS:
+        assert isinstance(latency[k], int), f"{key}.{k}: {latency}"
+    assert latency["count"] > 0
+    assert latency["p50"] <= latency["p99"] <= latency["p9999"] <= latency["max"]
+
+
+def test_bench_produce_and_e2e_report_what_the_broker_holds(broker, tmp_path):
+    produced = tmp_path / "produce.json"
+    bench(
+        "produce", "--brokers", broker.bootstrap, "--topic", "bench", "--create",
+        "--partitions", str(PARTITIONS), "--record-size", str(RECORD_BYTES),
+        "--acks", "all", "--rate", "2000", "--duration", "2", "--json", str(produced),
+    )
+    report = json.loads(produced.read_text())
+    assert report["kind"] == "produce"
+    assert report["throughput_records_s"] > 0 and report["throughput_mb_s"] > 0
+    assert report["records"] > 0
+    assert report["error_records"] == 0 and report["unacked_records"] == 0
+    check_latency(report, "produce_latency_us")
+    assert "e2e_latency_us" not in report
+
+    records = consume_to_watermarks(broker.bootstrap, "bench", list(range(PARTITIONS)))
+    assert len(records) == report["records_total"]
+    assert all(len(r.value) == RECORD_BYTES for r in records)
+
+    e2e = tmp_path / "e2e.json"
+    bench(
+        "e2e", "--brokers", broker.bootstrap, "--topic", "bench-e2e", "--create",
+        "--partitions", str(PARTITIONS), "--record-size", str(RECORD_BYTES),
+        "--rate", "2000", "--duration", "2", "--json", str(e2e),
+    )
+    report = json.loads(e2e.read_text())
+    assert report["kind"] == "e2e"
+    assert report["records"] > 0 and report["error_records"] == 0
+    check_latency(report, "produce_latency_us")
+    check_latency(report, "e2e_latency_us")
+    # The consumers read from the tail while the producer ran, and caught up
+    # with everything acknowledged before they stopped.
+    assert report["consume"]["records_total"] == report["records_total"]
