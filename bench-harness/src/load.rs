@@ -115,6 +115,11 @@ pub struct ProducerArgs {
     /// as fast as the in-flight limit allows.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Connections from each producer to each leader, its partitions dealt
+    /// among them (a broker serves one connection's requests in order, so
+    /// more connections can overlap more of its work).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
     /// Produce requests in flight per connection.
     #[arg(long, default_value_t = IN_FLIGHT_MAX_DEFAULT)]
     pub in_flight: usize,
@@ -262,8 +267,8 @@ fn producer_config(topic: &str, p: &ProducerArgs, producers: usize) -> anyhow::R
     {
         bail!("--rate must be a positive number of records per second");
     }
-    if p.in_flight == 0 || p.batch_bytes == 0 || p.request_bytes < p.batch_bytes {
-        bail!("--in-flight and --batch-bytes must be positive, --request-bytes at least --batch-bytes");
+    if p.connections == 0 || p.in_flight == 0 || p.batch_bytes == 0 || p.request_bytes < p.batch_bytes {
+        bail!("--connections, --in-flight and --batch-bytes must be positive, --request-bytes at least --batch-bytes");
     }
     Ok(ProducerConfig {
         topic: topic.to_string(),
@@ -273,6 +278,7 @@ fn producer_config(topic: &str, p: &ProducerArgs, producers: usize) -> anyhow::R
         linger: seconds(p.linger_ms / 1e3, "linger-ms")?,
         rate_records_s: p.rate.map(|r| r / producers as f64),
         in_flight_max: p.in_flight,
+        connections: p.connections,
         request_bytes_max: p.request_bytes,
     })
 }
@@ -388,6 +394,7 @@ fn with_producer(mut config: RunConfig, p: &ProducerArgs) -> RunConfig {
     config.batch_bytes = p.batch_bytes;
     config.linger_ms = p.linger_ms;
     config.in_flight = p.in_flight;
+    config.connections = p.connections;
     config.rate_records_s = p.rate;
     config
 }

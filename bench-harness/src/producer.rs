@@ -67,6 +67,8 @@ pub struct ProducerConfig {
     /// This producer's share of the rate; `None` for the closed loop.
     pub rate_records_s: Option<f64>,
     pub in_flight_max: usize,
+    /// Connections to each leader; its partitions are dealt among them.
+    pub connections: usize,
     pub request_bytes_max: usize,
 }
 
@@ -103,18 +105,9 @@ pub async fn run(
     assert!(!partitions.is_empty(), "a producer has at least one partition");
     // Connect before the common start; reach the start barrier even on
     // failure, so that the other workers are not left waiting.
-    let links = connect(&partitions, config.in_flight_max).await;
+    let connected = connect(&partitions, config.connections, config.in_flight_max).await;
     let schedule = run_start.wait();
-    let mut links = links?;
-    let link_of: Vec<usize> = partitions
-        .iter()
-        .map(|p| {
-            links
-                .iter()
-                .position(|l| l.conn.addr() == p.leader_addr)
-                .expect("every leader has a link")
-        })
-        .collect();
+    let (mut links, link_of) = connected?;
     let stats = Rc::new(RefCell::new(WorkerStats::new(schedule)));
     let _progress_task = progress.map(|tx| {
         let stats = stats.clone();
@@ -157,12 +150,23 @@ pub async fn run(
     Ok(stats.finish(unacked))
 }
 
-async fn connect(partitions: &[PartitionLeader], in_flight_max: usize) -> anyhow::Result<Vec<Link>> {
+/// Up to `connections` connections to each leader, and the link each
+/// partition's batches go by: a leader's partitions are dealt among its
+/// connections, so each connection carries whole partitions and their
+/// batches stay in order.
+async fn connect(
+    partitions: &[PartitionLeader],
+    connections: usize,
+    in_flight_max: usize,
+) -> anyhow::Result<(Vec<Link>, Vec<usize>)> {
+    assert!(connections >= 1);
+    let link_plan = plan_links(partitions.iter().map(|p| p.leader_addr.as_str()), connections);
     let mut links: Vec<Link> = Vec::new();
-    for p in partitions {
-        if links.iter().any(|l| l.conn.addr() == p.leader_addr) {
+    for (i, p) in partitions.iter().enumerate() {
+        if link_plan[i] < links.len() {
             continue;
         }
+        assert_eq!(link_plan[i], links.len(), "links are planned in order of first use");
         let conn = Connection::connect(&p.leader_addr, in_flight_max)
             .await
             .with_context(|| format!("leader of partition {}", p.partition))?;
@@ -173,7 +177,38 @@ async fn connect(partitions: &[PartitionLeader], in_flight_max: usize) -> anyhow
             ready_bytes: 0,
         });
     }
-    Ok(links)
+    Ok((links, link_plan))
+}
+
+/// For partitions led by `leaders` (in order), the index of the link each
+/// uses: the k-th partition of a leader goes by that leader's connection
+/// k mod `connections`; links are numbered in order of first use.
+fn plan_links<'a>(leaders: impl Iterator<Item = &'a str>, connections: usize) -> Vec<usize> {
+    let mut seen: Vec<(&str, usize)> = Vec::new(); // leader, partitions so far
+    let mut numbered: Vec<(&str, usize)> = Vec::new(); // (leader, connection) by link index
+    let mut plan = Vec::new();
+    for leader in leaders {
+        let k = match seen.iter_mut().find(|(l, _)| *l == leader) {
+            Some((_, n)) => {
+                *n += 1;
+                *n - 1
+            }
+            None => {
+                seen.push((leader, 1));
+                0
+            }
+        };
+        let key = (leader, k % connections);
+        let link = match numbered.iter().position(|n| *n == key) {
+            Some(i) => i,
+            None => {
+                numbered.push(key);
+                numbered.len() - 1
+            }
+        };
+        plan.push(link);
+    }
+    plan
 }
 
 struct Generator<'a> {
@@ -430,5 +465,18 @@ impl Completion {
                 .flat_map(|t| t.partition_responses.iter().map(|p| (p.index, p.error_code)))
                 .collect(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plan_links;
+
+    #[test]
+    fn partitions_are_dealt_among_each_leaders_connections() {
+        let leaders = ["a", "b", "a", "a", "b", "a"];
+        assert_eq!(plan_links(leaders.iter().copied(), 1), vec![0, 1, 0, 0, 1, 0]);
+        assert_eq!(plan_links(leaders.iter().copied(), 2), vec![0, 1, 2, 0, 3, 2]);
+        assert_eq!(plan_links(leaders.iter().copied(), 8), vec![0, 1, 2, 3, 4, 5]);
     }
 }

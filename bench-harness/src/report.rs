@@ -28,6 +28,8 @@ pub struct RunConfig {
     pub batch_bytes: usize,
     pub linger_ms: f64,
     pub in_flight: usize,
+    /// Connections from each producer to each leader.
+    pub connections: usize,
     /// Total records/s asked for (open loop); absent for the closed loop.
     pub rate_records_s: Option<f64>,
     pub warmup_s: f64,
