@@ -47,7 +47,12 @@ pub enum ConfigChange {
 
 pub struct Controller {
     lock: LocalMutex,
+    /// The first producer id not yet handed out, as persisted.
+    producer_id_next: std::cell::Cell<i64>,
 }
+
+/// Producer ids a shard takes from the controller at a time.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
 
 impl Default for Controller {
     fn default() -> Self {
@@ -63,7 +68,31 @@ impl Controller {
     pub fn new() -> Controller {
         Controller {
             lock: LocalMutex::new(),
+            producer_id_next: std::cell::Cell::new(0),
         }
+    }
+
+    /// At start, the value loaded from the metadata file.
+    pub fn set_producer_id_next(&self, next: i64) {
+        self.producer_id_next.set(next);
+    }
+
+    pub fn producer_id_next(&self) -> i64 {
+        self.producer_id_next.get()
+    }
+
+    /// Hands out `[start, start + PRODUCER_ID_BLOCK)`, durably: the ids are
+    /// never handed out again, even after a crash.
+    pub async fn allocate_producer_ids(&self, shard: &Rc<Shard>) -> anyhow::Result<(i64, i64)> {
+        let _guard = self.lock.lock().await;
+        let start = self.producer_id_next.get();
+        let end = start.checked_add(PRODUCER_ID_BLOCK).context("producer ids exhausted")?;
+        self.producer_id_next.set(end);
+        if let Err(e) = persist(shard, &shard.metadata()).await {
+            self.producer_id_next.set(start);
+            return Err(e);
+        }
+        Ok((start, end))
     }
 
     /// Creates topics; one result per request entry, in order.
@@ -415,7 +444,12 @@ pub async fn persist(shard: &Shard, metadata: &ClusterMetadata) -> anyhow::Resul
         .create_dir_all(dir)
         .await
         .with_context(|| format!("creating {}", dir.display()))?;
-    let json = serde_json::to_vec_pretty(&MetadataFile::from_metadata(metadata, shard.config.node_id))?;
+    let producer_id_next = shard.controller().producer_id_next();
+    let json = serde_json::to_vec_pretty(&MetadataFile::from_metadata(
+        metadata,
+        shard.config.node_id,
+        producer_id_next,
+    ))?;
     write_file_atomic(&shard.fs, &path, &json)
         .await
         .with_context(|| format!("writing {}", path.display()))

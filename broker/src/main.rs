@@ -10,10 +10,12 @@ mod handlers;
 mod kvlog;
 mod metadata;
 mod partition;
+mod producer_state;
 mod runtime;
 mod server;
 mod shard;
 mod topic_config;
+mod txn;
 
 use tracing_subscriber::EnvFilter;
 

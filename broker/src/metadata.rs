@@ -52,6 +52,9 @@ pub struct TopicMeta {
 pub struct ClusterMetadata {
     pub revision: u64,
     pub cluster_id: String,
+    /// The first producer id not yet handed out (as loaded; the controller
+    /// keeps the live value).
+    pub producer_id_next: i64,
     pub topics: BTreeMap<String, Arc<TopicMeta>>,
     pub topic_ids: HashMap<Uuid, String>,
 }
@@ -71,6 +74,7 @@ impl ClusterMetadata {
         ClusterMetadata {
             revision: self.revision + 1,
             cluster_id: self.cluster_id.clone(),
+            producer_id_next: self.producer_id_next,
             topics,
             topic_ids,
         }
@@ -99,6 +103,9 @@ pub struct MetadataFile {
     pub revision: u64,
     pub cluster_id: String,
     pub node_id: i32,
+    /// Producer ids below this may have been handed out: never reuse them.
+    #[serde(default)]
+    pub producer_id_next: i64,
     pub topics: Vec<TopicMeta>,
 }
 
@@ -109,12 +116,13 @@ pub fn metadata_path(data_dir: &Path) -> PathBuf {
 }
 
 impl MetadataFile {
-    pub fn from_metadata(m: &ClusterMetadata, node_id: i32) -> MetadataFile {
+    pub fn from_metadata(m: &ClusterMetadata, node_id: i32, producer_id_next: i64) -> MetadataFile {
         MetadataFile {
             format_version: METADATA_FORMAT_VERSION,
             revision: m.revision,
             cluster_id: m.cluster_id.clone(),
             node_id,
+            producer_id_next,
             topics: m.topics.values().map(|t| (**t).clone()).collect(),
         }
     }
@@ -126,6 +134,7 @@ impl MetadataFile {
         ClusterMetadata {
             revision: self.revision,
             cluster_id: self.cluster_id,
+            producer_id_next: self.producer_id_next,
             topics,
             topic_ids,
         }
@@ -206,10 +215,11 @@ mod tests {
             ..Default::default()
         }
         .with_topics([("t".to_string(), Arc::new(topic.clone()))].into());
-        let mut bytes = serde_json::to_vec(&MetadataFile::from_metadata(&m, 1)).unwrap();
+        let mut bytes = serde_json::to_vec(&MetadataFile::from_metadata(&m, 1, 5000)).unwrap();
         bytes.resize(4096, 0);
         let back = MetadataFile::parse(&bytes).unwrap().into_metadata();
         assert_eq!(back.revision, 1);
+        assert_eq!(back.producer_id_next, 5000);
         assert_eq!(back.topic_by_id(&topic.id).map(|t| &**t), Some(&topic));
         assert_eq!(m.cluster_id.len(), 22);
     }

@@ -179,6 +179,7 @@ async fn shard_main(
     let shard = Rc::new(Shard::new(config.clone(), senders));
     shard.serve_mesh(receivers);
     if let Some(initial) = initial {
+        shard.controller().set_producer_id_next(initial.producer_id_next);
         let initial = Arc::new(initial);
         controller::persist(&shard, &initial).await?;
         controller::broadcast(&shard, initial).await?;
@@ -188,6 +189,8 @@ async fn shard_main(
     shard.groups.purge_deleted_topics(&shard.metadata()).await;
     shard.start_retention();
     shard.start_group_ticker();
+    shard.txns.open(&shard).await.context("opening the transaction logs")?;
+    shard.start_txn_ticker();
     {
         let shard = shard.clone();
         runtime::spawn_detached(async move {
@@ -244,6 +247,7 @@ async fn shard_main(
         .context("waiting for other shards to drain")?;
     shard.close_partitions().await;
     shard.groups.close().await;
+    shard.txns.close().await;
     info!(shard = shard.id, "shard stopped");
     Ok(())
 }

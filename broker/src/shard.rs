@@ -54,6 +54,10 @@ pub struct Shard {
     controller: Option<Controller>,
     /// The consumer groups this shard coordinates.
     pub groups: crate::group::GroupCoordinator,
+    /// The transactional ids this shard coordinates.
+    pub txns: crate::txn::TxnCoordinator,
+    /// Producer ids this shard may hand out: `[next, end)`.
+    producer_ids: Cell<(i64, i64)>,
     /// Bytes of requests in flight on this shard (`queued.max.request.bytes`).
     pub request_bytes: Rc<Semaphore>,
     pub connections: Cell<usize>,
@@ -80,6 +84,8 @@ impl Shard {
             senders,
             controller: (id == 0).then(Controller::new),
             groups: crate::group::GroupCoordinator::new(config.group_limits),
+            txns: crate::txn::TxnCoordinator::new(),
+            producer_ids: Cell::new((0, 0)),
             request_bytes: Rc::new(Semaphore::new(config.queued_request_bytes_max as u64)),
             connections: Cell::new(0),
             ready: Cell::new(false),
@@ -126,6 +132,23 @@ impl Shard {
             .await
             .map_err(|_| ShardUnavailable(target))?;
         rx.await.map_err(|_| ShardUnavailable(target))
+    }
+
+    /// A producer id never handed out before, from this shard's block (a
+    /// new block from the controller when it runs out).
+    pub async fn new_producer_id(self: &Rc<Self>) -> anyhow::Result<i64> {
+        let (next, end) = self.producer_ids.get();
+        if next < end {
+            self.producer_ids.set((next + 1, end));
+            return Ok(next);
+        }
+        let (start, end) = self
+            .invoke_on(0, |s| async move { s.controller().allocate_producer_ids(&s).await })
+            .await??;
+        // Another task of this shard may have refilled meanwhile; the newer
+        // block wins and the other's rest is skipped, never reused.
+        self.producer_ids.set((start + 1, end));
+        Ok(start)
     }
 
     pub fn controller(&self) -> &Controller {
@@ -291,6 +314,9 @@ impl Shard {
         let closes: Vec<_> = parts
             .iter()
             .map(|p| async move {
+                if let Err(e) = p.snapshot_producers().await {
+                    warn!(topic = %p.topic, partition = p.index, error = %e, "could not snapshot producer state");
+                }
                 if let Err(e) = p.log.close().await {
                     warn!(topic = %p.topic, partition = p.index, error = %e, "could not close partition cleanly");
                 }
@@ -308,6 +334,19 @@ impl Shard {
                 .is_none()
             {
                 shard.groups.tick().await;
+            }
+        });
+    }
+
+    /// Transaction timeouts and unfinished decisions, until the shard stops.
+    pub fn start_txn_ticker(self: &Rc<Self>) {
+        let shard = self.clone();
+        runtime::spawn_detached(async move {
+            while runtime::timeout(crate::txn::TICK_INTERVAL, shard.stopped())
+                .await
+                .is_none()
+            {
+                shard.txns.tick(&shard).await;
             }
         });
     }

@@ -44,6 +44,13 @@ pub const SERVED_APIS: &[ServedApi] = &[
     served(ApiKey::DescribeGroups, 0, 5),
     served(ApiKey::DeleteGroups, 0, 2),
     served(ApiKey::OffsetDelete, 0, 0),
+    served(ApiKey::InitProducerId, 0, 4),
+    served(ApiKey::AddPartitionsToTxn, 0, 3),
+    served(ApiKey::AddOffsetsToTxn, 0, 3),
+    served(ApiKey::EndTxn, 0, 3),
+    served(ApiKey::TxnOffsetCommit, 0, 3),
+    served(ApiKey::DescribeTransactions, 0, 0),
+    served(ApiKey::ListTransactions, 0, 1),
 ];
 
 /// The served range of an api key, if it is served at all.

@@ -36,6 +36,13 @@ pub enum Request {
     DescribeGroups(DescribeGroupsRequest),
     DeleteGroups(DeleteGroupsRequest),
     OffsetDelete(OffsetDeleteRequest),
+    InitProducerId(InitProducerIdRequest),
+    AddPartitionsToTxn(AddPartitionsToTxnRequest),
+    AddOffsetsToTxn(AddOffsetsToTxnRequest),
+    EndTxn(EndTxnRequest),
+    TxnOffsetCommit(TxnOffsetCommitRequest),
+    DescribeTransactions(DescribeTransactionsRequest),
+    ListTransactions(ListTransactionsRequest),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +121,13 @@ pub fn decode_request(frame: Bytes) -> Result<DecodedRequest, DecodeError> {
         ApiKey::DescribeGroups => decode_body(api, version, &mut body, Request::DescribeGroups)?,
         ApiKey::DeleteGroups => decode_body(api, version, &mut body, Request::DeleteGroups)?,
         ApiKey::OffsetDelete => decode_body(api, version, &mut body, Request::OffsetDelete)?,
+        ApiKey::InitProducerId => decode_body(api, version, &mut body, Request::InitProducerId)?,
+        ApiKey::AddPartitionsToTxn => decode_body(api, version, &mut body, Request::AddPartitionsToTxn)?,
+        ApiKey::AddOffsetsToTxn => decode_body(api, version, &mut body, Request::AddOffsetsToTxn)?,
+        ApiKey::EndTxn => decode_body(api, version, &mut body, Request::EndTxn)?,
+        ApiKey::TxnOffsetCommit => decode_body(api, version, &mut body, Request::TxnOffsetCommit)?,
+        ApiKey::DescribeTransactions => decode_body(api, version, &mut body, Request::DescribeTransactions)?,
+        ApiKey::ListTransactions => decode_body(api, version, &mut body, Request::ListTransactions)?,
         _ => {
             return Err(DecodeError::UnsupportedVersion {
                 api_key: preamble.api_key,

@@ -215,10 +215,37 @@ pub struct RecordData {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+/// Who writes a batch, and how: producer id, epoch, first sequence, and
+/// the transactional and control attribute bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchWriter {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub transactional: bool,
+    pub control: bool,
+}
+
+impl BatchWriter {
+    /// A batch of no producer: not idempotent, not transactional.
+    pub const NONE: BatchWriter = BatchWriter {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        transactional: false,
+        control: false,
+    };
+}
+
 /// Encodes an uncompressed v2 batch of `records` at `timestamp_ms`, base
 /// offset 0, no producer id. Used for Sluice's own internal logs, tests and
 /// benchmarks.
 pub fn encode_batch(records: &[RecordData], timestamp_ms: i64) -> Vec<u8> {
+    encode_batch_as(records, timestamp_ms, BatchWriter::NONE)
+}
+
+/// Encodes an uncompressed v2 batch written by `writer`.
+pub fn encode_batch_as(records: &[RecordData], timestamp_ms: i64, writer: BatchWriter) -> Vec<u8> {
     assert!(!records.is_empty());
     let mut body = Vec::new();
     for (i, r) in records.iter().enumerate() {
@@ -238,24 +265,98 @@ pub fn encode_batch(records: &[RecordData], timestamp_ms: i64) -> Vec<u8> {
     }
     let count = records.len() as i32;
     let total = BATCH_HEADER_BYTES + body.len();
+    let mut attributes = 0i16;
+    if writer.transactional {
+        attributes |= ATTR_TRANSACTIONAL;
+    }
+    if writer.control {
+        attributes |= ATTR_CONTROL;
+    }
     let mut b = Vec::with_capacity(total);
     b.extend_from_slice(&0i64.to_be_bytes());
     b.extend_from_slice(&((total - BATCH_LENGTH_END) as i32).to_be_bytes());
     b.extend_from_slice(&0i32.to_be_bytes()); // leader epoch
     b.push(MAGIC_V2 as u8);
     b.extend_from_slice(&0u32.to_be_bytes()); // crc, filled below
-    b.extend_from_slice(&0i16.to_be_bytes()); // attributes
+    b.extend_from_slice(&attributes.to_be_bytes());
     b.extend_from_slice(&(count - 1).to_be_bytes());
     b.extend_from_slice(&timestamp_ms.to_be_bytes());
     b.extend_from_slice(&timestamp_ms.to_be_bytes());
-    b.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
-    b.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
-    b.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+    b.extend_from_slice(&writer.producer_id.to_be_bytes());
+    b.extend_from_slice(&writer.producer_epoch.to_be_bytes());
+    b.extend_from_slice(&writer.base_sequence.to_be_bytes());
     b.extend_from_slice(&count.to_be_bytes());
     b.extend_from_slice(&body);
     assert_eq!(b.len(), total);
     write_crc(&mut b);
     b
+}
+
+/// What a transaction marker says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerType {
+    Abort,
+    Commit,
+}
+
+/// A transaction marker: a control batch of one record whose key is
+/// (version 0, type: 0 abort, 1 commit) and whose value is (version 0,
+/// coordinator epoch), written by the transaction's producer.
+pub fn encode_marker(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: MarkerType,
+    coordinator_epoch: i32,
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    let kind: i16 = match marker {
+        MarkerType::Abort => 0,
+        MarkerType::Commit => 1,
+    };
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&kind.to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    let record = RecordData {
+        key: Some(key),
+        value: Some(value),
+        headers: Vec::new(),
+    };
+    encode_batch_as(
+        &[record],
+        timestamp_ms,
+        BatchWriter {
+            producer_id,
+            producer_epoch,
+            base_sequence: -1,
+            transactional: true,
+            control: true,
+        },
+    )
+}
+
+/// The marker type of a control batch; `None` for anything else (or a
+/// control record type other than a transaction marker).
+pub fn marker_type(batch: &[u8]) -> Option<MarkerType> {
+    let header = BatchHeader::parse(batch).ok()?;
+    if !header.is_control() {
+        return None;
+    }
+    let records = decode_uncompressed(batch)?;
+    let key = records.first()?.key.as_ref()?;
+    match i16::from_be_bytes([*key.get(2)?, *key.get(3)?]) {
+        0 => Some(MarkerType::Abort),
+        1 => Some(MarkerType::Commit),
+        _ => None,
+    }
+}
+
+/// The sequence number `count` records after `sequence`, wrapping at
+/// `i32::MAX` as Kafka's producers do.
+pub fn sequence_after(sequence: i32, count: i32) -> i32 {
+    ((i64::from(sequence) + i64::from(count)) % (i64::from(i32::MAX) + 1)) as i32
 }
 
 /// Builds a syntactically valid batch with `record_count` records of opaque
@@ -457,6 +558,22 @@ mod tests {
             t[8..12].copy_from_slice(&len.to_be_bytes());
             let _ = decode_uncompressed(&t);
         }
+    }
+
+    #[test]
+    fn markers_say_what_they_are() {
+        for (marker, epoch) in [(MarkerType::Commit, 3), (MarkerType::Abort, 0)] {
+            let b = encode_marker(77, epoch, marker, 5, 1000);
+            verify_crc(&b).unwrap();
+            let h = BatchHeader::parse(&b).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!((h.producer_id, h.producer_epoch), (77, epoch));
+            assert_eq!(marker_type(&b), Some(marker));
+        }
+        assert_eq!(marker_type(&build_batch(1, 5, 0)), None);
+        assert_eq!(sequence_after(5, 3), 8);
+        assert_eq!(sequence_after(i32::MAX, 1), 0);
+        assert_eq!(sequence_after(i32::MAX - 1, 3), 1);
     }
 
     #[test]

@@ -8,6 +8,7 @@ $SLUICE_BENCH_BIN, else target/release/sluice-bench.
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -133,6 +134,10 @@ def broker(tmp_path, request):
         print(f"--- sluice log tail ---\n{b.log_tail()}")
     if alive:
         assert code == 0, f"sluice exited with {code} on SIGTERM:\n{b.log_tail()}"
+    # Logs preallocate their segments: a passed test's data would hold
+    # gigabytes of disk for the rest of the run. A failed test's stays.
+    if hasattr(request.node, "rep_call") and request.node.rep_call.passed:
+        shutil.rmtree(b.data_dir, ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -20,7 +20,9 @@ use sluice_storage::StorageError;
 use tracing::{info, warn};
 
 use self::state::{Group, GroupLimits, GroupState, JoinOutcome, JoinRequest, Step, SyncOutcome};
-use self::store::{Change, CommittedOffset, GroupLog, GroupRecord, LogState, group_log_of, split_state};
+use self::store::{
+    Change, CommittedOffset, GroupLog, GroupRecord, LogState, PendingOffsets, group_log_of, split_state,
+};
 use crate::error::storage_error_code;
 use crate::metadata::{ClusterMetadata, shard_of};
 use crate::runtime;
@@ -41,6 +43,18 @@ pub fn coordinator_shard(group_id: &str, shard_count: usize) -> usize {
 struct Entry {
     group: Group,
     offsets: BTreeMap<(String, i32), CommittedOffset>,
+    /// Offsets committed in open transactions, by producer id.
+    pending: PendingOffsets,
+}
+
+impl Entry {
+    fn new(group_id: &str) -> Entry {
+        Entry {
+            group: Group::new(group_id),
+            offsets: BTreeMap::new(),
+            pending: BTreeMap::new(),
+        }
+    }
 }
 
 /// A group as DescribeGroups shows it.
@@ -109,12 +123,19 @@ impl GroupCoordinator {
                 }
             });
             let mut groups = self.groups.borrow_mut();
-            for (id, (record, offsets)) in split_state(state) {
+            for (id, (record, offsets, pending)) in split_state(state) {
                 let group = match record {
                     Some(r) => Group::restore(&id, r.into_snapshot(), now),
                     None => Group::new(&id),
                 };
-                groups.insert(id, Entry { group, offsets });
+                groups.insert(
+                    id,
+                    Entry {
+                        group,
+                        offsets,
+                        pending,
+                    },
+                );
             }
             self.logs.borrow_mut().insert(index, log);
         }
@@ -177,6 +198,19 @@ impl GroupCoordinator {
                     .or_default()
                     .insert(*p, c.clone());
             }
+            for (pid, parts) in &e.pending {
+                for ((t, p), c) in parts {
+                    state
+                        .pending
+                        .entry(id.clone())
+                        .or_default()
+                        .entry(*pid)
+                        .or_default()
+                        .entry(t.clone())
+                        .or_default()
+                        .insert(*p, c.clone());
+                }
+            }
         }
         state
     }
@@ -197,10 +231,9 @@ impl GroupCoordinator {
         }
         let step = {
             let mut groups = self.groups.borrow_mut();
-            let entry = groups.entry(group_id.to_string()).or_insert_with(|| Entry {
-                group: Group::new(group_id),
-                offsets: BTreeMap::new(),
-            });
+            let entry = groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Entry::new(group_id));
             entry.group.join(request.clone(), Instant::now(), &self.limits)
         };
         match step {
@@ -311,13 +344,7 @@ impl GroupCoordinator {
                 if generation >= 0 {
                     return vec![ResponseError::IllegalGeneration.code(); parts.len()];
                 }
-                groups.insert(
-                    group_id.to_string(),
-                    Entry {
-                        group: Group::new(group_id),
-                        offsets: BTreeMap::new(),
-                    },
-                );
+                groups.insert(group_id.to_string(), Entry::new(group_id));
             }
             let entry = groups.get_mut(group_id).expect("inserted above");
             if let Err(e) = entry.group.check_commit(member_id, instance_id, generation) {
@@ -354,6 +381,121 @@ impl GroupCoordinator {
             }
         }
         codes
+    }
+
+    /// TxnOffsetCommit: offsets committed inside producer `producer_id`'s
+    /// transaction, pending until its commit (or abort) marker.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn txn_commit(
+        &self,
+        group_id: &str,
+        producer_id: i64,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        parts: Vec<CommitPart>,
+        topic_partitions: impl Fn(&str) -> Option<i32>,
+    ) -> Vec<i16> {
+        if group_id.is_empty() {
+            return vec![ResponseError::InvalidGroupId.code(); parts.len()];
+        }
+        let now_ms = runtime::now_ms();
+        let mut codes = vec![0i16; parts.len()];
+        let mut changes = Vec::new();
+        {
+            let mut groups = self.groups.borrow_mut();
+            let entry = groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Entry::new(group_id));
+            // From v3 the consumer's membership comes along and is checked,
+            // so a zombie member cannot commit for its old generation.
+            if generation >= 0 || !member_id.is_empty() {
+                if let Err(e) = entry.group.check_commit(member_id, instance_id, generation) {
+                    return vec![e.code(); parts.len()];
+                }
+            }
+            for (i, p) in parts.iter().enumerate() {
+                if p.metadata.as_ref().is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX) {
+                    codes[i] = ResponseError::OffsetMetadataTooLarge.code();
+                    continue;
+                }
+                if !topic_partitions(&p.topic).is_some_and(|n| (0..n).contains(&p.partition)) {
+                    codes[i] = ResponseError::UnknownTopicOrPartition.code();
+                    continue;
+                }
+                let committed = CommittedOffset {
+                    offset: p.offset,
+                    leader_epoch: p.leader_epoch,
+                    metadata: p.metadata.clone(),
+                    commit_ms: now_ms,
+                };
+                entry
+                    .pending
+                    .entry(producer_id)
+                    .or_default()
+                    .insert((p.topic.clone(), p.partition), committed.clone());
+                changes.push(Change::Pending {
+                    group: group_id.to_string(),
+                    producer_id,
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    committed: Some(committed),
+                });
+            }
+        }
+        if let Err(e) = self.write(group_id, changes).await {
+            let code = storage_error_code("commit transactional offsets", &e);
+            for c in codes.iter_mut().filter(|c| **c == 0) {
+                *c = code;
+            }
+        }
+        codes
+    }
+
+    /// A transaction that committed offsets for the group ended: its pending
+    /// offsets become committed (or are dropped, on abort). Durable on return.
+    pub async fn complete_txn(&self, group_id: &str, producer_id: i64, commit: bool) -> Result<(), StorageError> {
+        let changes: Vec<Change> = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(entry) = groups.get_mut(group_id) else {
+                return Ok(());
+            };
+            let Some(pending) = entry.pending.remove(&producer_id) else {
+                return Ok(());
+            };
+            let mut changes = Vec::with_capacity(pending.len() * 2);
+            for ((t, p), c) in pending {
+                changes.push(Change::Pending {
+                    group: group_id.to_string(),
+                    producer_id,
+                    topic: t.clone(),
+                    partition: p,
+                    committed: None,
+                });
+                if commit {
+                    entry.offsets.insert((t.clone(), p), c.clone());
+                    changes.push(Change::Offset {
+                        group: group_id.to_string(),
+                        topic: t,
+                        partition: p,
+                        committed: Some(c),
+                    });
+                }
+            }
+            changes
+        };
+        self.write(group_id, changes).await
+    }
+
+    /// Whether any of the partitions has an offset pending in an open
+    /// transaction (OffsetFetch's `require_stable`).
+    pub fn has_pending(&self, group_id: &str, partitions: &[(String, i32)]) -> Vec<bool> {
+        let groups = self.groups.borrow();
+        let pending = groups.get(group_id).map(|e| &e.pending);
+        partitions
+            .iter()
+            .map(|tp| pending.is_some_and(|p| p.values().any(|parts| parts.contains_key(tp))))
+            .collect()
     }
 
     /// OffsetFetch: the committed offsets of the asked partitions, or of all

@@ -9,7 +9,10 @@
 //!   `{"offset","leader_epoch","metadata","commit_ms"}`;
 //! - group metadata: key `{"k":"g","g":group}`, value the group's membership
 //!   (generation, protocol, leader, members with their subscriptions and
-//!   assignments).
+//!   assignments);
+//! - an offset committed inside a transaction, pending its outcome: key
+//!   `{"k":"po","g":group,"pid":producer,"t":topic,"p":partition}`, value as
+//!   for an offset commit.
 //!
 //! A deleted key is a record with a null value. Snapshots (see `kvlog`)
 //! bound recovery to the current state.
@@ -51,6 +54,8 @@ pub enum RecordKey {
     Offset { g: String, t: String, p: i32 },
     #[serde(rename = "g")]
     Group { g: String },
+    #[serde(rename = "po")]
+    Pending { g: String, pid: i64, t: String, p: i32 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +140,14 @@ pub enum Change {
         group: String,
         record: Option<GroupRecord>,
     },
+    /// An offset committed in producer `producer_id`'s open transaction.
+    Pending {
+        group: String,
+        producer_id: i64,
+        topic: String,
+        partition: i32,
+        committed: Option<CommittedOffset>,
+    },
 }
 
 /// Everything a group log holds, as loaded.
@@ -142,6 +155,9 @@ pub enum Change {
 pub struct LogState {
     pub groups: BTreeMap<String, GroupRecord>,
     pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<i32, CommittedOffset>>>,
+    /// group -> producer id -> topic -> partition -> offset
+    #[serde(default)]
+    pub pending: BTreeMap<String, BTreeMap<i64, BTreeMap<String, BTreeMap<i32, CommittedOffset>>>>,
 }
 
 impl LogState {
@@ -183,6 +199,42 @@ impl LogState {
                     self.groups.remove(group);
                 }
             },
+            Change::Pending {
+                group,
+                producer_id,
+                topic,
+                partition,
+                committed,
+            } => match committed {
+                Some(c) => {
+                    self.pending
+                        .entry(group.clone())
+                        .or_default()
+                        .entry(*producer_id)
+                        .or_default()
+                        .entry(topic.clone())
+                        .or_default()
+                        .insert(*partition, c.clone());
+                }
+                None => {
+                    if let Some(producers) = self.pending.get_mut(group) {
+                        if let Some(topics) = producers.get_mut(producer_id) {
+                            if let Some(parts) = topics.get_mut(topic) {
+                                parts.remove(partition);
+                                if parts.is_empty() {
+                                    topics.remove(topic);
+                                }
+                            }
+                            if topics.is_empty() {
+                                producers.remove(producer_id);
+                            }
+                        }
+                        if producers.is_empty() {
+                            self.pending.remove(group);
+                        }
+                    }
+                }
+            },
         }
     }
 }
@@ -210,6 +262,23 @@ fn encode_change(change: &Change) -> KvChange {
                 .as_ref()
                 .map(|r| serde_json::to_string(r).expect("plain data serializes")),
         ),
+        Change::Pending {
+            group,
+            producer_id,
+            topic,
+            partition,
+            committed,
+        } => (
+            RecordKey::Pending {
+                g: group.clone(),
+                pid: *producer_id,
+                t: topic.clone(),
+                p: *partition,
+            },
+            committed
+                .as_ref()
+                .map(|c| serde_json::to_string(c).expect("plain data serializes")),
+        ),
     };
     (serde_json::to_string(&key).expect("plain data serializes"), value)
 }
@@ -229,6 +298,16 @@ fn decode_change(key: &str, value: Option<&str>) -> Option<Change> {
         RecordKey::Group { g } => Change::Group {
             group: g,
             record: match value {
+                Some(v) => Some(serde_json::from_str(v).ok()?),
+                None => None,
+            },
+        },
+        RecordKey::Pending { g, pid, t, p } => Change::Pending {
+            group: g,
+            producer_id: pid,
+            topic: t,
+            partition: p,
+            committed: match value {
                 Some(v) => Some(serde_json::from_str(v).ok()?),
                 None => None,
             },
@@ -271,6 +350,21 @@ impl LogState {
                         partition: *p,
                         committed: Some(c.clone()),
                     });
+                }
+            }
+        }
+        for (g, producers) in &self.pending {
+            for (pid, topics) in producers {
+                for (t, parts) in topics {
+                    for (p, c) in parts {
+                        put(Change::Pending {
+                            group: g.clone(),
+                            producer_id: *pid,
+                            topic: t.clone(),
+                            partition: *p,
+                            committed: Some(c.clone()),
+                        });
+                    }
                 }
             }
         }
@@ -336,8 +430,16 @@ impl GroupLog {
     }
 }
 
-/// One group's membership record (if any) and committed offsets.
-pub type StoredGroup = (Option<GroupRecord>, BTreeMap<(String, i32), CommittedOffset>);
+/// Offsets committed in open transactions: producer id -> partition -> offset.
+pub type PendingOffsets = BTreeMap<i64, BTreeMap<(String, i32), CommittedOffset>>;
+
+/// One group's membership record (if any), committed offsets, and offsets
+/// pending in transactions.
+pub type StoredGroup = (
+    Option<GroupRecord>,
+    BTreeMap<(String, i32), CommittedOffset>,
+    PendingOffsets,
+);
 
 /// Groups' state grouped by group, as the coordinator rebuilds it.
 pub fn split_state(state: LogState) -> HashMap<String, StoredGroup> {
@@ -350,6 +452,16 @@ pub fn split_state(state: LogState) -> HashMap<String, StoredGroup> {
         for (t, parts) in topics {
             for (p, c) in parts {
                 entry.1.insert((t.clone(), p), c);
+            }
+        }
+    }
+    for (g, producers) in state.pending {
+        let entry = out.entry(g).or_default();
+        for (pid, topics) in producers {
+            for (t, parts) in topics {
+                for (p, c) in parts {
+                    entry.2.entry(pid).or_default().insert((t.clone(), p), c);
+                }
             }
         }
     }
@@ -384,6 +496,18 @@ mod tests {
                 group: "g".into(),
                 record: None,
             },
+            Change::Pending {
+                group: "g".into(),
+                producer_id: 9,
+                topic: "t".into(),
+                partition: 1,
+                committed: Some(CommittedOffset {
+                    offset: 5,
+                    leader_epoch: -1,
+                    metadata: None,
+                    commit_ms: 1,
+                }),
+            },
         ];
         let mut direct = LogState::default();
         let mut decoded = LogState::default();
@@ -404,6 +528,7 @@ mod tests {
             serde_json::to_string(&decoded).unwrap()
         );
         assert_eq!(decoded.offsets["g"]["t"][&3].metadata.as_deref(), Some("meta"));
+        assert_eq!(decoded.pending["g"][&9]["t"][&1].offset, 5);
         assert!(decode_change("not json", None).is_none());
     }
 

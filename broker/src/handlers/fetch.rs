@@ -9,6 +9,10 @@
 //! except that the first partition with data always returns at least one
 //! batch, so a batch larger than the limits still reaches the consumer.
 //!
+//! read_committed fetches read only up to the last stable offset and list
+//! the aborted transactions in what they return, so clients drop aborted
+//! records (control batches are dropped by clients in both modes).
+//!
 //! Fetch sessions (KIP-227) are not kept: every response is a full one with
 //! session id 0, which clients take as "sessions unsupported".
 
@@ -18,8 +22,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use sluice_protocol::ResponseError;
-use sluice_protocol::kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use sluice_protocol::kafka_protocol::messages::{FetchRequest, FetchResponse};
+use sluice_protocol::kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use sluice_protocol::kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
 use sluice_storage::{Offset, ReadLimits, ServedBatch};
 
 use crate::error::storage_error_code;
@@ -35,6 +41,7 @@ struct Slot {
     index: i32,
     fetch_offset: i64,
     partition_max_bytes: usize,
+    read_committed: bool,
 }
 
 /// What a partition read returned.
@@ -42,8 +49,12 @@ struct Slot {
 struct SlotRead {
     error_code: i16,
     high_watermark: i64,
+    last_stable_offset: i64,
     log_start_offset: i64,
     batches: Vec<ServedBatch>,
+    /// read_committed: (producer id, first offset) of aborted transactions
+    /// with data in `batches`.
+    aborted: Vec<(i64, i64)>,
 }
 
 impl SlotRead {
@@ -51,8 +62,10 @@ impl SlotRead {
         SlotRead {
             error_code: code,
             high_watermark: -1,
+            last_stable_offset: -1,
             log_start_offset: -1,
             batches: Vec::new(),
+            aborted: Vec::new(),
         }
     }
 
@@ -101,6 +114,7 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
                     index: p.partition,
                     fetch_offset: p.fetch_offset,
                     partition_max_bytes: p.partition_max_bytes.max(0) as usize,
+                    read_committed,
                 }),
                 Some(_) => fixed.push((ti, pi, SlotRead::error(ResponseError::UnknownTopicOrPartition.code()))),
                 None if version >= 13 => fixed.push((ti, pi, SlotRead::error(ResponseError::UnknownTopicId.code()))),
@@ -137,12 +151,21 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
         let p = &mut response.responses[ti].partitions[pi];
         p.error_code = read.error_code;
         p.high_watermark = read.high_watermark;
-        p.last_stable_offset = read.high_watermark;
+        p.last_stable_offset = read.last_stable_offset;
         if version >= 5 {
             p.log_start_offset = read.log_start_offset;
         }
         if read_committed {
-            p.aborted_transactions = Some(Vec::new());
+            let aborted = read
+                .aborted
+                .iter()
+                .map(|&(producer_id, first_offset)| {
+                    AbortedTransaction::default()
+                        .with_producer_id(ProducerId(producer_id))
+                        .with_first_offset(first_offset)
+                })
+                .collect();
+            p.aborted_transactions = Some(aborted);
         }
         let mut records = BytesMut::new();
         for batch in &read.batches {
@@ -213,26 +236,41 @@ async fn read_on_owner(shard: &Rc<Shard>, slots: Vec<(usize, Slot)>, max_bytes: 
             continue;
         };
         let high_watermark = partition.high_watermark();
+        let last_stable = partition.last_stable_offset();
         let log_start = partition.log_start_offset();
         let limits = ReadLimits {
             bytes_max: slot.partition_max_bytes.min(budget),
-            upper: high_watermark,
+            upper: if slot.read_committed {
+                last_stable
+            } else {
+                high_watermark
+            },
             // The first batch of the first partition with data comes even
             // when larger than the limits (KIP-74).
             min_one: budget == max_bytes,
         };
         let read = match partition.log.read(Offset(slot.fetch_offset), limits).await {
-            Ok(batches) => SlotRead {
-                error_code: 0,
-                high_watermark: high_watermark.0,
-                log_start_offset: log_start.0,
-                batches,
-            },
+            Ok(batches) => {
+                let aborted = match (slot.read_committed, batches.first(), batches.last()) {
+                    (true, Some(first), Some(last)) => partition.aborted_in(first.base_offset(), last.next_offset()),
+                    _ => Vec::new(),
+                };
+                SlotRead {
+                    error_code: 0,
+                    high_watermark: high_watermark.0,
+                    last_stable_offset: last_stable.0,
+                    log_start_offset: log_start.0,
+                    batches,
+                    aborted,
+                }
+            }
             Err(e) => SlotRead {
                 error_code: storage_error_code(&format!("fetch from {}-{}", slot.name, slot.index), &e),
                 high_watermark: high_watermark.0,
+                last_stable_offset: last_stable.0,
                 log_start_offset: log_start.0,
                 batches: Vec::new(),
+                aborted: Vec::new(),
             },
         };
         budget = budget.saturating_sub(read.bytes());
@@ -264,11 +302,16 @@ async fn wait_for_data(shard: &Rc<Shard>, by_owner: &BTreeMap<usize, Vec<(usize,
 }
 
 /// On the owner: returns once any of the partitions has data at or past its
-/// fetch offset below the high watermark, or at the deadline.
+/// fetch offset below the high watermark (read_committed: the last stable
+/// offset), or at the deadline.
 async fn wait_on_owner(shard: &Rc<Shard>, slots: Vec<Slot>, deadline: Instant) {
     let partitions: Vec<_> = slots
         .iter()
-        .filter_map(|s| shard.partition(&s.name, s.index).map(|p| (p, s.fetch_offset)))
+        .filter_map(|s| {
+            shard
+                .partition(&s.name, s.index)
+                .map(|p| (p, s.fetch_offset, s.read_committed))
+        })
         .collect();
     let remaining = deadline
         .saturating_duration_since(Instant::now())
@@ -276,9 +319,20 @@ async fn wait_on_owner(shard: &Rc<Shard>, slots: Vec<Slot>, deadline: Instant) {
     // Listen first, then check: a change between the two is not missed.
     let changed: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = partitions
         .iter()
-        .map(|(p, _)| Box::pin(p.log.durable_changed()) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>)
+        .map(|(p, _, _)| Box::pin(p.log.durable_changed()) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>)
         .collect();
-    if partitions.iter().any(|(p, offset)| p.high_watermark().0 > *offset) || partitions.is_empty() {
+    let readable_end = |p: &crate::partition::Partition, committed: bool| {
+        if committed {
+            p.last_stable_offset()
+        } else {
+            p.high_watermark()
+        }
+    };
+    if partitions
+        .iter()
+        .any(|(p, offset, committed)| readable_end(p, *committed).0 > *offset)
+        || partitions.is_empty()
+    {
         return;
     }
     let mut all = changed;

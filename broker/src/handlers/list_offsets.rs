@@ -2,6 +2,8 @@
 //! (-1: the high watermark), the record with the largest timestamp (-3), or
 //! the first record whose timestamp is at or after a given time. Lookups by
 //! time use the log's time index to find the batch, then read its records.
+//! With isolation level read_committed (v2+), "latest" is the last stable
+//! offset, and nothing at or past it is found by time.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -25,6 +27,7 @@ struct Query {
     topic: String,
     partition: i32,
     timestamp: i64,
+    read_committed: bool,
 }
 
 struct Answer {
@@ -58,6 +61,7 @@ pub async fn handle(shard: &Rc<Shard>, request: ListOffsetsRequest, version: i16
                             topic: t.name.clone(),
                             partition: p.partition_index,
                             timestamp: p.timestamp,
+                            read_committed: version >= 2 && request.isolation_level == 1,
                         });
                 }
                 _ => answers.push(Answer {
@@ -116,15 +120,23 @@ async fn answer_on_owner(shard: &Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> 
             continue;
         };
         let start = p.log_start_offset().0;
+        let latest = if q.read_committed {
+            p.last_stable_offset().0
+        } else {
+            p.high_watermark().0
+        };
         let found = match q.timestamp {
             EARLIEST => Ok(Some((start, -1))),
-            LATEST => Ok(Some((p.high_watermark().0, -1))),
+            LATEST => Ok(Some((latest, -1))),
             MAX_TIMESTAMP => find(&p, p.log.max_timestamp(), start, true).await,
             t if t >= 0 => find(&p, t, start, false).await,
             // -4 and -5 (tiered storage) are not served before v8.
             _ => Err(ResponseError::InvalidRequest.code()),
         };
         out.push(match found {
+            Ok(Some((offset, _))) if (q.timestamp == MAX_TIMESTAMP || q.timestamp >= 0) && offset >= latest => {
+                answer(0, -1, -1)
+            }
             Ok(Some((offset, ts))) => answer(0, offset, ts),
             Ok(None) => answer(0, -1, -1),
             Err(code) => answer(code, -1, -1),

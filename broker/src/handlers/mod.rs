@@ -1,6 +1,8 @@
 //! One handler per Kafka API, each serving the version range in
 //! `sluice_protocol::api::SERVED_APIS`; this module routes to them.
 
+mod add_offsets_to_txn;
+mod add_partitions_to_txn;
 mod alter_configs;
 mod api_versions;
 mod create_partitions;
@@ -11,19 +13,24 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
+mod describe_transactions;
+mod end_txn;
 mod fetch;
 mod find_coordinator;
 mod heartbeat;
+mod init_producer_id;
 mod join_group;
 mod leave_group;
 mod list_groups;
 mod list_offsets;
+mod list_transactions;
 mod metadata;
 mod offset_commit;
 mod offset_delete;
 mod offset_fetch;
 mod produce;
 mod sync_group;
+mod txn_offset_commit;
 
 use std::rc::Rc;
 
@@ -183,6 +190,43 @@ pub async fn handle(shard: Rc<Shard>, request: DecodedRequest, peer: std::net::S
         ),
         Request::DeleteGroups(r) => respond(api, version, correlation_id, &delete_groups::handle(&shard, r).await),
         Request::OffsetDelete(r) => respond(api, version, correlation_id, &offset_delete::handle(&shard, r).await),
+        Request::InitProducerId(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &init_producer_id::handle(&shard, r, version).await,
+        ),
+        Request::AddPartitionsToTxn(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &add_partitions_to_txn::handle(&shard, r, version).await,
+        ),
+        Request::AddOffsetsToTxn(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &add_offsets_to_txn::handle(&shard, r, version).await,
+        ),
+        Request::EndTxn(r) => respond(api, version, correlation_id, &end_txn::handle(&shard, r, version).await),
+        Request::TxnOffsetCommit(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &txn_offset_commit::handle(&shard, r).await,
+        ),
+        Request::DescribeTransactions(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &describe_transactions::handle(&shard, r).await,
+        ),
+        Request::ListTransactions(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &list_transactions::handle(&shard, r, version).await,
+        ),
     }
 }
 
@@ -207,6 +251,29 @@ where
 {
     let target = crate::group::coordinator_shard(group_id, shard.count);
     shard.invoke_on(target, f).await.ok()
+}
+
+/// Runs `f` on the shard that coordinates `transactional_id`. `None` if
+/// that shard is gone (the broker is stopping).
+pub async fn on_txn_shard<R, F, Fut>(shard: &Rc<Shard>, transactional_id: &str, f: F) -> Option<R>
+where
+    R: Send + 'static,
+    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+{
+    let target = crate::txn::coordinator_shard(transactional_id, shard.count);
+    shard.invoke_on(target, f).await.ok()
+}
+
+/// PRODUCER_FENCED as clients of `version` understand it: older versions
+/// (below `fenced_min_version`) know only INVALID_PRODUCER_EPOCH.
+pub fn fenced_for_version(code: i16, version: i16, fenced_min_version: i16) -> i16 {
+    use sluice_protocol::ResponseError;
+    if code == ResponseError::ProducerFenced.code() && version < fenced_min_version {
+        ResponseError::InvalidProducerEpoch.code()
+    } else {
+        code
+    }
 }
 
 /// All topic operations a client may do, as an authorized-operations

@@ -15,6 +15,7 @@ use sluice_storage::Offset;
 use sluice_storage::batch::{BatchError, BatchHeader, split_batches, verify_crc};
 
 use crate::error::storage_error_code;
+use crate::partition::AppendError;
 use crate::runtime;
 use crate::shard::Shard;
 
@@ -154,13 +155,17 @@ async fn produce_on_owner(
         let mut first: Option<Offset> = None;
         let mut last = Offset(0);
         let mut failed = None;
-        for batch in batches {
-            match partition.log.append(batch, runtime::now_ms()).await {
-                Ok(info) => {
-                    first.get_or_insert(info.base_offset);
-                    last = info.last_offset;
+        for (batch, header) in batches {
+            match partition.append(batch, header).await {
+                Ok(appended) => {
+                    first.get_or_insert(appended.base_offset);
+                    last = last.max(appended.last_offset);
                 }
-                Err(e) => {
+                Err(AppendError::Rejected(e)) => {
+                    failed = Some(e.code());
+                    break;
+                }
+                Err(AppendError::Storage(e)) => {
                     failed = Some(storage_error_code(
                         &format!("append to {}-{}", part.topic, part.partition),
                         &e,
@@ -217,7 +222,10 @@ async fn produce_on_owner(
 
 /// Splits a partition's records into batches and checks each; any bad batch
 /// fails the whole partition, before anything is appended.
-fn check_batches(records: Option<Bytes>, max_message_bytes: i64) -> Result<Vec<Bytes>, (ResponseError, String)> {
+fn check_batches(
+    records: Option<Bytes>,
+    max_message_bytes: i64,
+) -> Result<Vec<(Bytes, BatchHeader)>, (ResponseError, String)> {
     let records = records.unwrap_or_default();
     if records.is_empty() {
         return Err((ResponseError::CorruptMessage, "no record batch".into()));
@@ -254,8 +262,8 @@ fn check_batches(records: Option<Bytes>, max_message_bytes: i64) -> Result<Vec<B
                 ),
             ));
         }
-        match BatchHeader::parse(&batch) {
-            Ok(_) => {}
+        let header = match BatchHeader::parse(&batch) {
+            Ok(h) => h,
             Err(BatchError::UnsupportedMagic { magic }) => {
                 return Err((
                     ResponseError::UnsupportedForMessageFormat,
@@ -263,9 +271,15 @@ fn check_batches(records: Option<Bytes>, max_message_bytes: i64) -> Result<Vec<B
                 ));
             }
             Err(e) => return Err((ResponseError::CorruptMessage, e.to_string())),
-        }
+        };
         verify_crc(&batch).map_err(|e| (ResponseError::CorruptMessage, e.to_string()))?;
-        batches.push(batch);
+        if header.is_control() {
+            return Err((
+                ResponseError::InvalidRecord,
+                "clients may not write control batches".into(),
+            ));
+        }
+        batches.push((batch, header));
     }
     Ok(batches)
 }
@@ -282,7 +296,7 @@ mod tests {
         let mut two = a.clone();
         two.extend_from_slice(&b);
         assert_eq!(check_batches(Some(Bytes::from(two.clone())), 1 << 20).unwrap().len(), 2);
-        let code = |r: Result<Vec<Bytes>, (ResponseError, String)>| r.unwrap_err().0;
+        let code = |r: Result<Vec<(Bytes, BatchHeader)>, (ResponseError, String)>| r.unwrap_err().0;
         assert_eq!(code(check_batches(None, 1 << 20)), ResponseError::CorruptMessage);
         assert_eq!(
             code(check_batches(Some(Bytes::from(two.clone())), 50)),
