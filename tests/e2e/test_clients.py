@@ -318,3 +318,21 @@ def test_each_client_reads_what_the_others_wrote(broker, writer):
             continue
         got = READERS[reader](broker, topic, len(first) + len(second))
         assert got == expect(first) + expect(second, len(first)), f"{writer} -> {reader}"
+
+
+IDEMPOTENT_WRITERS = {
+    "kcat": lambda broker, topic, pairs: write_kcat(broker, topic, pairs, "-X", "enable.idempotence=true"),
+    "kafka-python": lambda broker, topic, pairs: write_kafka_python(broker, topic, pairs, enable_idempotence=True),
+    "confluent": lambda broker, topic, pairs: write_confluent(broker, topic, pairs, **{"enable.idempotence": True}),
+}
+
+
+@pytest.mark.parametrize("writer", sorted(IDEMPOTENT_WRITERS))
+def test_idempotent_producer_of_each_client(broker, writer):
+    """InitProducerId and sequence checks at the versions each client picks
+    (librdkafka 2.0.2 and 2.16, kafka-python)."""
+    topic = f"idempotent-{writer}"
+    create_topic(broker, topic)
+    pairs = messages(500, writer)
+    IDEMPOTENT_WRITERS[writer](broker, topic, pairs)
+    assert read_confluent(broker, topic, len(pairs)) == expect(pairs)

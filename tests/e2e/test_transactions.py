@@ -490,3 +490,66 @@ def test_kafka_python_transactional_producer_commits_and_aborts(broker):
     assert sorted(committed) == [b"kp-1", b"kp-2", b"kp-3"]
     everything = values_of(read_to_end(broker.bootstrap, topic, range(PARTITIONS), "read_uncommitted"))
     assert sorted(everything) == [b"kp-1", b"kp-2", b"kp-3", b"kp-x"]
+
+
+def test_transaction_apis_at_their_lowest_versions(broker):
+    """The whole protocol of a transaction at v0 of each API (the high ends
+    are what librdkafka 2.16 uses in the tests above): offsets committed
+    in a transaction stay invisible until EndTxn, and fencing reads as
+    INVALID_PRODUCER_EPOCH to clients that predate PRODUCER_FENCED."""
+    from kafka.protocol.add_offsets_to_txn import AddOffsetsToTxnRequest
+    from kafka.protocol.add_partitions_to_txn import AddPartitionsToTxnRequest
+    from kafka.protocol.commit import OffsetFetchRequest
+    from kafka.protocol.end_txn import EndTxnRequest
+    from kafka.protocol.find_coordinator import FindCoordinatorRequest
+    from kafka.protocol.init_producer_id import InitProducerIdRequest
+    from kafka.protocol.txn_offset_commit import TxnOffsetCommitRequest
+
+    topic, group, tid = "txn-v0", "txn-v0-group", "txn-v0-id"
+    create_topic(broker.bootstrap, topic, 2)
+
+    def send(request):
+        return admin_request(broker.bootstrap, request)
+
+    found = send(FindCoordinatorRequest[1](coordinator_key=tid, coordinator_type=1))
+    assert found.error_code == 0 and found.port == broker.port
+
+    init = send(InitProducerIdRequest[0](transactional_id=tid, transaction_timeout_ms=60000))
+    assert init.error_code == 0
+    pid, epoch = init.producer_id, init.producer_epoch
+
+    added = send(AddPartitionsToTxnRequest[0](transactional_id=tid, producer_id=pid, producer_epoch=epoch, topics=[(topic, [1])]))
+    assert [(t, [tuple(p) for p in ps]) for t, ps in added.results] == [(topic, [(1, 0)])]
+    offsets_added = send(AddOffsetsToTxnRequest[0](transactional_id=tid, producer_id=pid, producer_epoch=epoch, group_id=group))
+    assert offsets_added.error_code == 0
+    committed = send(
+        TxnOffsetCommitRequest[0](
+            transactional_id=tid,
+            group_id=group,
+            producer_id=pid,
+            producer_epoch=epoch,
+            topics=[(topic, [(0, 42, "in a transaction")])],
+        )
+    )
+    assert [(t, [tuple(p) for p in ps]) for t, ps in committed.topics] == [(topic, [(0, 0)])]
+
+    def fetch_offset():
+        response = send(OffsetFetchRequest[1](consumer_group=group, topics=[(topic, [0])]))
+        (_, [(_, offset, metadata, error)]), = response.topics
+        assert error == 0
+        return offset, metadata
+
+    assert fetch_offset() == (-1, ""), "an offset pending in an open transaction is visible"
+    ended = send(EndTxnRequest[0](transactional_id=tid, producer_id=pid, producer_epoch=epoch, committed=True))
+    assert ended.error_code == 0
+    assert fetch_offset() == (42, "in a transaction")
+    # The commit marker is partition 1's only record.
+    assert watermarks(broker.bootstrap, topic, [0, 1]) == {0: (0, 0), 1: (0, 1)}
+
+    # A new incarnation fences the old one.
+    again = send(InitProducerIdRequest[0](transactional_id=tid, transaction_timeout_ms=60000))
+    assert (again.error_code, again.producer_id, again.producer_epoch) == (0, pid, epoch + 1)
+    stale = send(AddPartitionsToTxnRequest[0](transactional_id=tid, producer_id=pid, producer_epoch=epoch, topics=[(topic, [0])]))
+    assert [tuple(p) for p in stale.results[0][1]] == [(0, 47)]  # INVALID_PRODUCER_EPOCH
+    stale_end = send(EndTxnRequest[0](transactional_id=tid, producer_id=pid, producer_epoch=epoch, committed=True))
+    assert stale_end.error_code == 47  # INVALID_PRODUCER_EPOCH
