@@ -5,6 +5,7 @@ mod connection;
 mod controller;
 mod cpuset;
 mod error;
+mod faults;
 mod group;
 mod handlers;
 mod kvlog;

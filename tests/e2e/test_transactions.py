@@ -10,6 +10,7 @@ admin API offers.
 """
 
 import subprocess
+import threading
 import sys
 import time
 from collections import Counter
@@ -553,3 +554,56 @@ def test_transaction_apis_at_their_lowest_versions(broker):
     assert [tuple(p) for p in stale.results[0][1]] == [(0, 47)]  # INVALID_PRODUCER_EPOCH
     stale_end = send(EndTxnRequest[0](transactional_id=tid, producer_id=pid, producer_epoch=epoch, committed=True))
     assert stale_end.error_code == 47  # INVALID_PRODUCER_EPOCH
+
+
+def test_commit_decided_before_a_crash_is_completed_after_restart(tmp_path):
+    """The broker dies (crash point SLUICE_CRASH_AT=txn-after-prepare) right
+    after PrepareCommit is durable, before any marker: after a restart the
+    commit is completed, markers and group offsets both, and the client's
+    commit_transaction succeeds."""
+    from conftest import Broker
+
+    b = Broker(tmp_path / "data", tmp_path / "sluice.log", env={"SLUICE_CRASH_AT": "txn-after-prepare"})
+    try:
+        topic, group = "txn-crash", "txn-crash-group"
+        create_topic(b.bootstrap, topic, PARTITIONS)
+        producer = txn_producer(
+            b.bootstrap, "txn-crash", reconnect_backoff_ms=50, reconnect_backoff_max_ms=500, retry_backoff_ms=50
+        )
+        producer.begin_transaction()
+        values = [b"decided-%d" % i for i in range(40)]
+        produce_txn(producer, topic, values)
+        flush(producer)
+        group_metadata = Consumer({"bootstrap.servers": b.bootstrap, "group.id": group}).consumer_group_metadata()
+        producer.send_offsets_to_transaction([TopicPartition(topic, 2, 17)], group_metadata, CLIENT_TIMEOUT_S)
+
+        outcome = []
+        committer = threading.Thread(target=lambda: outcome.append(commit_outcome(producer)))
+        committer.start()
+        assert b.proc.wait(timeout=CLIENT_TIMEOUT_S) != 0, "the broker should have crashed at the crash point"
+        assert "crash point reached" in b.log_tail()
+        del b.env["SLUICE_CRASH_AT"]
+        b.start()
+        committer.join(90)
+        assert outcome == ["committed"], f"commit after the restart: {outcome}"
+
+        committed = read_to_end(b.bootstrap, topic, range(PARTITIONS), "read_committed")
+        assert sorted(values_of(committed)) == sorted(values)
+        assert describe(b.bootstrap, ["txn-crash"])["txn-crash"][2] == "CompleteCommit"
+        reader = Consumer({"bootstrap.servers": b.bootstrap, "group.id": group})
+        try:
+            [tp] = reader.committed([TopicPartition(topic, 2)], timeout=CLIENT_TIMEOUT_S)
+            assert tp.offset == 17
+        finally:
+            reader.close()
+    finally:
+        if b.alive():
+            assert b.stop() == 0
+
+
+def commit_outcome(producer):
+    try:
+        producer.commit_transaction(90)
+        return "committed"
+    except KafkaException as e:
+        return f"failed: {e}"

@@ -330,6 +330,7 @@ impl TxnCoordinator {
                 if let Err(e) = self.persist(id, meta.clone()).await {
                     return storage_fault("end transaction", &e).code();
                 }
+                crate::faults::crash_point(crate::faults::TXN_AFTER_PREPARE);
                 match self.finish(shard, id, meta).await {
                     Ok(_) => 0,
                     Err(e) => e.code(),
