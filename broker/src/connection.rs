@@ -39,8 +39,10 @@ use crate::handlers::{self, Outcome};
 use crate::runtime;
 use crate::shard::Shard;
 
-/// Bytes read from the socket at a time.
-const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Most bytes read from the socket at a time.
+const READ_CHUNK_BYTES: usize = 256 << 10;
+/// Free room below which the read buffer grows before a read.
+const READ_ROOM_MIN_BYTES: usize = 16 << 10;
 
 /// A request being handled, in the writer's queue.
 struct Pending {
@@ -86,8 +88,10 @@ async fn read_requests(
     writer_gone: &Rc<(Cell<bool>, LocalNotify)>,
 ) -> ReadEnd {
     let max = shard.config.request_bytes_max;
+    // Frames are read straight into this buffer and split off it, so a
+    // request's bytes are never copied in user space: a large frame's room
+    // is reserved whole once its size is known.
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let mut scratch = vec![0u8; READ_CHUNK_BYTES];
     // Budget taken for the frame being read, before its body arrives.
     let mut reserved: Option<(usize, StaticPermit)> = None;
     loop {
@@ -120,7 +124,13 @@ async fn read_requests(
         if shard.is_stopping() {
             return ReadEnd::Stopping;
         }
-        let read = futures_lite::future::or(async { Some(reader.read(&mut scratch).await) }, async {
+        if buf.capacity() - buf.len() < READ_ROOM_MIN_BYTES {
+            buf.reserve(READ_CHUNK_BYTES);
+        }
+        let start = buf.len();
+        let room = (buf.capacity() - start).min(READ_CHUNK_BYTES);
+        buf.resize(start + room, 0);
+        let read = futures_lite::future::or(async { Some(reader.read(&mut buf[start..]).await) }, async {
             futures_lite::future::or(shard.stopped(), async {
                 while !writer_gone.0.get() {
                     writer_gone.1.listen().await;
@@ -130,11 +140,16 @@ async fn read_requests(
             None
         })
         .await;
+        let n = match &read {
+            Some(Ok(n)) => *n,
+            _ => 0,
+        };
+        buf.truncate(start + n);
         match read {
             None if writer_gone.0.get() => return ReadEnd::WriterGone,
             None => return ReadEnd::Stopping,
             Some(Ok(0)) => return ReadEnd::Eof,
-            Some(Ok(n)) => buf.extend_from_slice(&scratch[..n]),
+            Some(Ok(_)) => {}
             Some(Err(e)) => return ReadEnd::Lost(e),
         }
     }
@@ -194,6 +209,19 @@ async fn write_responses(
         match pending.outcome.await {
             Outcome::Respond(bytes) => {
                 if let Err(e) = writer.write_all(&bytes).await {
+                    debug!(%peer, error = %e, "write failed");
+                    break;
+                }
+            }
+            Outcome::RespondChain(parts) => {
+                let mut failed = None;
+                for part in &parts {
+                    if let Err(e) = writer.write_all(part).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                if let Some(e) = failed {
                     debug!(%peer, error = %e, "write failed");
                     break;
                 }

@@ -6,6 +6,7 @@
 //! kafka-protocol, vendored with allocation clamps).
 
 pub mod api;
+pub mod fetch_frame;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzz_support;

@@ -13,6 +13,11 @@
 //! the aborted transactions in what they return, so clients drop aborted
 //! records (control batches are dropped by clients in both modes).
 //!
+//! Served batches are not copied into the response: `handle` returns the
+//! response's fields and, per partition, the batches, which
+//! `encode_fetch_response` chains into the frame as the shared buffers they
+//! are (the cache's, or a disk read's).
+//!
 //! Fetch sessions (KIP-227) are not kept: every response is a full one with
 //! session id 0, which clients take as "sessions unsupported".
 
@@ -20,8 +25,8 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use sluice_protocol::ResponseError;
+use sluice_protocol::fetch_frame::{FrameChain, RecordsSource};
 use sluice_protocol::kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, PartitionData,
 };
@@ -74,11 +79,32 @@ impl SlotRead {
     }
 }
 
-pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> FetchResponse {
+/// A partition's records in a response: whole batches, served as stored.
+#[derive(Debug, Default)]
+pub struct ServedRecords(Vec<ServedBatch>);
+
+impl RecordsSource for ServedRecords {
+    fn records_len(&self) -> usize {
+        self.0.iter().map(|b| b.len()).sum()
+    }
+
+    fn put_records(&self, out: &mut FrameChain) {
+        for batch in &self.0 {
+            out.put_slice(&batch.head());
+            out.put_bytes(batch.tail());
+        }
+    }
+}
+
+/// The response's fields and, per partition in response order, its records.
+pub type FetchOutcome = (FetchResponse, Vec<Option<ServedRecords>>);
+
+pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> FetchOutcome {
     if request.session_id != 0 {
-        return FetchResponse::default()
+        let response = FetchResponse::default()
             .with_error_code(ResponseError::FetchSessionIdNotFound.code())
             .with_session_id(0);
+        return (response, Vec::new());
     }
     let metadata = shard.metadata();
     let read_committed = request.isolation_level == 1;
@@ -147,6 +173,11 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
     // data returns at least its first batch.
     let mut budget = max_bytes;
     let mut returned_any = false;
+    let mut records: Vec<Vec<Option<ServedRecords>>> = response
+        .responses
+        .iter()
+        .map(|t| t.partitions.iter().map(|_| None).collect())
+        .collect();
     let mut place = |ti: usize, pi: usize, read: SlotRead, budget: &mut usize, returned_any: &mut bool| {
         let p = &mut response.responses[ti].partitions[pi];
         p.error_code = read.error_code;
@@ -167,16 +198,16 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
                 .collect();
             p.aborted_transactions = Some(aborted);
         }
-        let mut records = BytesMut::new();
-        for batch in &read.batches {
+        let mut served = Vec::with_capacity(read.batches.len());
+        for batch in read.batches {
             if batch.len() > *budget && *returned_any {
                 break;
             }
             *budget = budget.saturating_sub(batch.len());
             *returned_any = true;
-            batch.write_to(&mut records);
+            served.push(batch);
         }
-        p.records = Some(records.freeze());
+        records[ti][pi] = Some(ServedRecords(served));
     };
     let mut reads: Vec<Option<SlotRead>> = reads.into_iter().map(Some).collect();
     for (i, slot) in slots.iter().enumerate() {
@@ -186,7 +217,7 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
     for (ti, pi, read) in fixed {
         place(ti, pi, read, &mut budget, &mut returned_any);
     }
-    response
+    (response, records.into_iter().flatten().collect())
 }
 
 /// Reads every slot on its owner; results in slot order.

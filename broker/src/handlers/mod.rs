@@ -35,6 +35,7 @@ mod txn_offset_commit;
 use std::rc::Rc;
 
 use bytes::Bytes;
+use sluice_protocol::fetch_frame::encode_fetch_response;
 use sluice_protocol::kafka_protocol::messages::ApiKey;
 use sluice_protocol::kafka_protocol::protocol::Encodable;
 use sluice_protocol::request::{DecodedRequest, Request};
@@ -46,6 +47,9 @@ use crate::shard::Shard;
 /// What a handled request leads to.
 pub enum Outcome {
     Respond(Bytes),
+    /// A frame in pieces, written in order (records passed through
+    /// uncopied).
+    RespondChain(Vec<Bytes>),
     /// acks=0 produce: Kafka sends nothing back.
     NoResponse,
     /// Something went wrong that only closing the connection can answer.
@@ -99,7 +103,16 @@ pub async fn handle(shard: Rc<Shard>, request: DecodedRequest, peer: std::net::S
             },
             None => Outcome::NoResponse,
         },
-        Request::Fetch(r) => respond(api, version, correlation_id, &fetch::handle(&shard, r, version).await),
+        Request::Fetch(r) => {
+            let (body, records) = fetch::handle(&shard, r, version).await;
+            match encode_fetch_response(version, correlation_id, &body, &records) {
+                Ok(parts) => Outcome::RespondChain(parts),
+                Err(e) => {
+                    error!(error = %e, "cannot encode a fetch response; closing the connection");
+                    Outcome::Close
+                }
+            }
+        }
         Request::ListOffsets(r) => respond(
             api,
             version,

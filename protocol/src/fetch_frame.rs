@@ -1,0 +1,343 @@
+//! A Fetch response frame whose record batches are not copied.
+//!
+//! The generic encoder copies every partition's records into one buffer: for
+//! a fetch response that is the whole payload, copied once more, into a
+//! freshly allocated (and, when large, freshly zeroed) buffer. Here the frame
+//! is a chain of buffers instead: the small fields are encoded into a buffer
+//! as usual, and each large piece of records is passed through as the shared
+//! buffer it already is (the log's cache, or what a disk read returned), to
+//! be written to the socket in order.
+//!
+//! Every field except `records` is still encoded by kafka-protocol: each
+//! partition is encoded with null records, and the null marker is replaced
+//! by the records' length and the records. The result is byte for byte what
+//! the generic encoder would produce (tested for every version).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::{ApiKey, FetchResponse, ResponseHeader};
+use kafka_protocol::protocol::Encodable;
+
+use crate::frame::SIZE_PREFIX_BYTES;
+use crate::response::EncodeError;
+
+/// Pieces of records at least this large are passed through, not copied:
+/// below it a copy costs less than another write to the socket.
+pub const SHARED_PIECE_MIN_BYTES: usize = 16 << 10;
+
+/// A frame under construction: encoded bytes and shared pieces, in order.
+#[derive(Debug, Default)]
+pub struct FrameChain {
+    parts: Vec<Bytes>,
+    current: BytesMut,
+    len: usize,
+}
+
+impl FrameChain {
+    pub fn new() -> FrameChain {
+        FrameChain::default()
+    }
+
+    /// Appends a copy of `bytes`.
+    pub fn put_slice(&mut self, bytes: &[u8]) {
+        self.current.put_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// Appends `bytes`, shared rather than copied when large.
+    pub fn put_bytes(&mut self, bytes: Bytes) {
+        if bytes.len() < SHARED_PIECE_MIN_BYTES {
+            self.put_slice(&bytes);
+            return;
+        }
+        if !self.current.is_empty() {
+            self.parts.push(self.current.split().freeze());
+        }
+        self.len += bytes.len();
+        self.parts.push(bytes);
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The pieces, to be written one after the other.
+    pub fn finish(mut self) -> Vec<Bytes> {
+        if !self.current.is_empty() {
+            self.parts.push(self.current.split().freeze());
+        }
+        self.parts
+    }
+}
+
+/// A partition's records, written into a frame.
+pub trait RecordsSource {
+    /// Bytes the records take on the wire.
+    fn records_len(&self) -> usize;
+    /// Appends exactly `records_len()` bytes.
+    fn put_records(&self, out: &mut FrameChain);
+}
+
+impl RecordsSource for Bytes {
+    fn records_len(&self) -> usize {
+        self.len()
+    }
+
+    fn put_records(&self, out: &mut FrameChain) {
+        out.put_bytes(self.clone());
+    }
+}
+
+fn put_unsigned_varint(out: &mut FrameChain, mut v: u32) {
+    let mut buf = [0u8; 5];
+    let mut n = 0;
+    while v >= 0x80 {
+        buf[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    buf[n] = v as u8;
+    out.put_slice(&buf[..=n]);
+}
+
+fn put_array_len(out: &mut FrameChain, len: usize, flexible: bool) -> Result<(), String> {
+    let len = u32::try_from(len).map_err(|_| "array too long".to_string())?;
+    if flexible {
+        put_unsigned_varint(out, len + 1);
+    } else {
+        out.put_slice(&(len as i32).to_be_bytes());
+    }
+    Ok(())
+}
+
+/// A whole Fetch response frame for `version`: the fields of `body` (whose
+/// partitions' `records` are ignored) with the records of `records`, one
+/// per partition in the order of `body`'s topics and partitions (`None`:
+/// null records).
+pub fn encode_fetch_response<R: RecordsSource>(
+    version: i16,
+    correlation_id: i32,
+    body: &FetchResponse,
+    records: &[Option<R>],
+) -> Result<Vec<Bytes>, EncodeError> {
+    let error = |reason: String| EncodeError {
+        api: ApiKey::Fetch,
+        version,
+        reason,
+    };
+    if !(4..=16).contains(&version) {
+        return Err(error("version outside 4-16".into()));
+    }
+    let partitions: usize = body.responses.iter().map(|t| t.partitions.len()).sum();
+    if partitions != records.len() {
+        return Err(error(format!("{} records for {partitions} partitions", records.len())));
+    }
+    let flexible = version >= 12;
+    if !body.unknown_tagged_fields.is_empty() || !body.node_endpoints.is_empty() {
+        return Err(error("top-level tagged fields are not encoded here".into()));
+    }
+    let mut out = FrameChain::new();
+    // Size prefix, patched once the length is known.
+    out.put_slice(&[0u8; SIZE_PREFIX_BYTES]);
+    let mut scratch = BytesMut::new();
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header
+        .encode(&mut scratch, ApiKey::Fetch.response_header_version(version))
+        .map_err(|e| error(e.to_string()))?;
+    out.put_slice(&scratch);
+    out.put_slice(&body.throttle_time_ms.to_be_bytes());
+    if version >= 7 {
+        out.put_slice(&body.error_code.to_be_bytes());
+        out.put_slice(&body.session_id.to_be_bytes());
+    } else if body.session_id != 0 {
+        return Err(error("session id set before v7".into()));
+    }
+    put_array_len(&mut out, body.responses.len(), flexible).map_err(error)?;
+    let mut records = records.iter();
+    for topic in &body.responses {
+        if !topic.unknown_tagged_fields.is_empty() {
+            return Err(error("topic tagged fields are not encoded here".into()));
+        }
+        if version >= 13 {
+            out.put_slice(topic.topic_id.as_bytes());
+        } else {
+            let name = topic.topic.0.as_bytes();
+            if flexible {
+                put_unsigned_varint(&mut out, name.len() as u32 + 1);
+            } else {
+                let len = i16::try_from(name.len()).map_err(|_| error("topic name too long".into()))?;
+                out.put_slice(&len.to_be_bytes());
+            }
+            out.put_slice(name);
+        }
+        put_array_len(&mut out, topic.partitions.len(), flexible).map_err(error)?;
+        for partition in &topic.partitions {
+            let source = records.next().expect("counted above");
+            put_partition(&mut out, &mut scratch, partition, source.as_ref(), version).map_err(error)?;
+        }
+        if flexible {
+            put_unsigned_varint(&mut out, 0);
+        }
+    }
+    if flexible {
+        put_unsigned_varint(&mut out, 0);
+    }
+    let size = out.len() - SIZE_PREFIX_BYTES;
+    let size = i32::try_from(size).map_err(|_| error(format!("{size} bytes is too large for a frame")))?;
+    let mut parts = out.finish();
+    let first = std::mem::take(&mut parts[0]);
+    let mut first = BytesMut::from(first);
+    first[..SIZE_PREFIX_BYTES].copy_from_slice(&size.to_be_bytes());
+    parts[0] = first.freeze();
+    Ok(parts)
+}
+
+fn put_partition<R: RecordsSource>(
+    out: &mut FrameChain,
+    scratch: &mut BytesMut,
+    partition: &PartitionData,
+    records: Option<&R>,
+    version: i16,
+) -> Result<(), String> {
+    let flexible = version >= 12;
+    if flexible
+        && (!partition.unknown_tagged_fields.is_empty()
+            || partition.diverging_epoch != Default::default()
+            || partition.current_leader != Default::default()
+            || partition.snapshot_id != Default::default())
+    {
+        return Err("partition tagged fields are not encoded here".into());
+    }
+    // Every field before the records, as the generic encoder writes them:
+    // encode with null records, then drop the null marker (and the empty
+    // tagged-field count after it, in flexible versions).
+    scratch.clear();
+    let mut fields = partition.clone();
+    fields.records = None;
+    fields.encode(scratch, version).map_err(|e| e.to_string())?;
+    let marker = if flexible { 2 } else { 4 };
+    out.put_slice(&scratch[..scratch.len() - marker]);
+    match records {
+        None if flexible => put_unsigned_varint(out, 0),
+        None => out.put_slice(&(-1i32).to_be_bytes()),
+        Some(r) => {
+            let len = r.records_len();
+            let len32 = u32::try_from(len).map_err(|_| "records too large".to_string())?;
+            if flexible {
+                put_unsigned_varint(out, len32 + 1);
+            } else {
+                out.put_slice(
+                    &i32::try_from(len32)
+                        .map_err(|_| "records too large".to_string())?
+                        .to_be_bytes(),
+                );
+            }
+            let before = out.len();
+            r.put_records(out);
+            assert_eq!(out.len() - before, len, "a records source wrote other than its length");
+        }
+    }
+    if flexible {
+        put_unsigned_varint(out, 0);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse};
+    use kafka_protocol::messages::{ProducerId, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    use super::*;
+    use crate::response::encode_response;
+
+    fn records(len: usize, seed: u8) -> Bytes {
+        Bytes::from(
+            (0..len)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn sample(version: i16) -> (FetchResponse, Vec<Option<Bytes>>) {
+        let sizes: [Option<usize>; 5] = [Some(100), None, Some(0), Some(70_000), Some(SHARED_PIECE_MIN_BYTES)];
+        let mut response = FetchResponse::default().with_throttle_time_ms(3);
+        if version >= 7 {
+            response = response.with_error_code(0).with_session_id(0);
+        }
+        let mut all = Vec::new();
+        for t in 0..2 {
+            let mut topic = FetchableTopicResponse::default();
+            if version >= 13 {
+                topic.topic_id = uuid::Uuid::from_u128(0x1234_5678 + t as u128);
+            } else {
+                topic.topic = TopicName(StrBytes::from_string(format!("topic-{t}")));
+            }
+            for (i, size) in sizes.iter().enumerate() {
+                let r = size.map(|n| records(n, (t * 10 + i) as u8));
+                let mut p = PartitionData::default()
+                    .with_partition_index(i as i32)
+                    .with_error_code(if i == 1 { 1 } else { 0 })
+                    .with_high_watermark(1000 + i as i64)
+                    .with_last_stable_offset(900 + i as i64)
+                    .with_records(r.clone());
+                if version >= 5 {
+                    p.log_start_offset = 7;
+                }
+                if i % 2 == 0 {
+                    p.aborted_transactions = Some(vec![
+                        AbortedTransaction::default()
+                            .with_producer_id(ProducerId(5))
+                            .with_first_offset(42),
+                    ]);
+                }
+                topic.partitions.push(p);
+                all.push(r);
+            }
+            response.responses.push(topic);
+        }
+        (response, all)
+    }
+
+    #[test]
+    fn chained_frames_equal_the_generic_encoding_in_every_version() {
+        for version in 4..=16 {
+            let (response, records) = sample(version);
+            let expected = encode_response(ApiKey::Fetch, version, 77, &response).unwrap();
+            let parts = encode_fetch_response(version, 77, &response, &records).unwrap();
+            let joined: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+            assert_eq!(joined, expected.to_vec(), "version {version}");
+            // The large records were passed through, not copied.
+            assert!(parts.iter().any(|p| p.len() == 70_000), "version {version}");
+        }
+    }
+
+    #[test]
+    fn record_counts_and_tagged_fields_are_checked() {
+        let (response, mut records) = sample(12);
+        records.pop();
+        assert!(encode_fetch_response(12, 1, &response, &records).is_err());
+        assert!(encode_fetch_response::<Bytes>(3, 1, &FetchResponse::default(), &[]).is_err());
+    }
+
+    #[test]
+    fn small_pieces_are_copied_and_large_ones_shared() {
+        let mut chain = FrameChain::new();
+        chain.put_slice(b"abc");
+        chain.put_bytes(Bytes::from_static(b"small"));
+        let big = records(SHARED_PIECE_MIN_BYTES, 1);
+        chain.put_bytes(big.clone());
+        chain.put_slice(b"z");
+        assert_eq!(chain.len(), 3 + 5 + big.len() + 1);
+        let parts = chain.finish();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(&parts[0][..], b"abcsmall");
+        assert_eq!(parts[1].as_ptr(), big.as_ptr());
+        assert_eq!(&parts[2][..], b"z");
+    }
+}
