@@ -335,10 +335,7 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return vec![ResponseError::InvalidGroupId.code(); parts.len()];
         }
-        let now_ms = runtime::now_ms();
-        let mut codes = vec![0i16; parts.len()];
-        let mut changes = Vec::new();
-        {
+        let (codes, changes) = {
             let mut groups = self.groups.borrow_mut();
             if !groups.contains_key(group_id) {
                 if generation >= 0 {
@@ -350,37 +347,17 @@ impl GroupCoordinator {
             if let Err(e) = entry.group.check_commit(member_id, instance_id, generation) {
                 return vec![e.code(); parts.len()];
             }
-            for (i, p) in parts.iter().enumerate() {
-                if p.metadata.as_ref().is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX) {
-                    codes[i] = ResponseError::OffsetMetadataTooLarge.code();
-                    continue;
-                }
-                if !topic_partitions(&p.topic).is_some_and(|n| (0..n).contains(&p.partition)) {
-                    codes[i] = ResponseError::UnknownTopicOrPartition.code();
-                    continue;
-                }
-                let committed = CommittedOffset {
-                    offset: p.offset,
-                    leader_epoch: p.leader_epoch,
-                    metadata: p.metadata.clone(),
-                    commit_ms: now_ms,
-                };
+            accept_commits(&parts, topic_partitions, |p, committed| {
                 entry.offsets.insert((p.topic.clone(), p.partition), committed.clone());
-                changes.push(Change::Offset {
+                Change::Offset {
                     group: group_id.to_string(),
                     topic: p.topic.clone(),
                     partition: p.partition,
                     committed: Some(committed),
-                });
-            }
-        }
-        if let Err(e) = self.write(group_id, changes).await {
-            let code = storage_error_code("commit offsets", &e);
-            for c in codes.iter_mut().filter(|c| **c == 0) {
-                *c = code;
-            }
-        }
-        codes
+                }
+            })
+        };
+        self.write_commits(group_id, changes, codes, "commit offsets").await
     }
 
     /// TxnOffsetCommit: offsets committed inside producer `producer_id`'s
@@ -399,10 +376,7 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return vec![ResponseError::InvalidGroupId.code(); parts.len()];
         }
-        let now_ms = runtime::now_ms();
-        let mut codes = vec![0i16; parts.len()];
-        let mut changes = Vec::new();
-        {
+        let (codes, changes) = {
             let mut groups = self.groups.borrow_mut();
             let entry = groups
                 .entry(group_id.to_string())
@@ -414,37 +388,36 @@ impl GroupCoordinator {
                     return vec![e.code(); parts.len()];
                 }
             }
-            for (i, p) in parts.iter().enumerate() {
-                if p.metadata.as_ref().is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX) {
-                    codes[i] = ResponseError::OffsetMetadataTooLarge.code();
-                    continue;
-                }
-                if !topic_partitions(&p.topic).is_some_and(|n| (0..n).contains(&p.partition)) {
-                    codes[i] = ResponseError::UnknownTopicOrPartition.code();
-                    continue;
-                }
-                let committed = CommittedOffset {
-                    offset: p.offset,
-                    leader_epoch: p.leader_epoch,
-                    metadata: p.metadata.clone(),
-                    commit_ms: now_ms,
-                };
+            accept_commits(&parts, topic_partitions, |p, committed| {
                 entry
                     .pending
                     .entry(producer_id)
                     .or_default()
                     .insert((p.topic.clone(), p.partition), committed.clone());
-                changes.push(Change::Pending {
+                Change::Pending {
                     group: group_id.to_string(),
                     producer_id,
                     topic: p.topic.clone(),
                     partition: p.partition,
                     committed: Some(committed),
-                });
-            }
-        }
+                }
+            })
+        };
+        self.write_commits(group_id, changes, codes, "commit transactional offsets")
+            .await
+    }
+
+    /// Makes accepted commits durable; a storage fault becomes every
+    /// accepted part's code.
+    async fn write_commits(
+        &self,
+        group_id: &str,
+        changes: Vec<Change>,
+        mut codes: Vec<i16>,
+        context: &str,
+    ) -> Vec<i16> {
         if let Err(e) = self.write(group_id, changes).await {
-            let code = storage_error_code("commit transactional offsets", &e);
+            let code = storage_error_code(context, &e);
             for c in codes.iter_mut().filter(|c| **c == 0) {
                 *c = code;
             }
@@ -704,4 +677,35 @@ impl GroupCoordinator {
             }
         }
     }
+}
+
+/// Checks each commit part (metadata size, the partition exists); each
+/// accepted one goes to `accept`, which records it and returns its change.
+/// Returns one code per part and the changes.
+fn accept_commits(
+    parts: &[CommitPart],
+    topic_partitions: impl Fn(&str) -> Option<i32>,
+    mut accept: impl FnMut(&CommitPart, CommittedOffset) -> Change,
+) -> (Vec<i16>, Vec<Change>) {
+    let now_ms = runtime::now_ms();
+    let mut codes = vec![0i16; parts.len()];
+    let mut changes = Vec::with_capacity(parts.len());
+    for (i, p) in parts.iter().enumerate() {
+        if p.metadata.as_ref().is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX) {
+            codes[i] = ResponseError::OffsetMetadataTooLarge.code();
+            continue;
+        }
+        if !topic_partitions(&p.topic).is_some_and(|n| (0..n).contains(&p.partition)) {
+            codes[i] = ResponseError::UnknownTopicOrPartition.code();
+            continue;
+        }
+        let committed = CommittedOffset {
+            offset: p.offset,
+            leader_epoch: p.leader_epoch,
+            metadata: p.metadata.clone(),
+            commit_ms: now_ms,
+        };
+        changes.push(accept(p, committed));
+    }
+    (codes, changes)
 }

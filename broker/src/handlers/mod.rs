@@ -1,6 +1,48 @@
 //! One handler per Kafka API, each serving the version range in
 //! `sluice_protocol::api::SERVED_APIS`; this module routes to them.
 
+/// The parts of an OffsetCommit or TxnOffsetCommit request (their topics
+/// have the same fields under different types), in request order.
+macro_rules! commit_parts {
+    ($topics:expr) => {
+        $topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| crate::group::CommitPart {
+                    topic: t.name.0.to_string(),
+                    partition: p.partition_index,
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                })
+            })
+            .collect::<Vec<crate::group::CommitPart>>()
+    };
+}
+
+/// The response topics of an OffsetCommit or TxnOffsetCommit: each
+/// requested partition with its code from `codes`, in request order.
+macro_rules! commit_response_topics {
+    ($topics:expr, $codes:expr, $topic:ty, $partition:ty) => {{
+        let mut codes = $codes.into_iter();
+        $topics
+            .into_iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        <$partition>::default()
+                            .with_partition_index(p.partition_index)
+                            .with_error_code(codes.next().expect("one code per partition"))
+                    })
+                    .collect();
+                <$topic>::default().with_name(t.name).with_partitions(partitions)
+            })
+            .collect()
+    }};
+}
+
 mod add_offsets_to_txn;
 mod add_partitions_to_txn;
 mod alter_configs;

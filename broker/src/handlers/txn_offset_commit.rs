@@ -13,24 +13,11 @@ use sluice_protocol::kafka_protocol::messages::txn_offset_commit_response::{
 use sluice_protocol::kafka_protocol::messages::{TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 
 use super::on_group_shard;
-use crate::group::CommitPart;
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, request: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
     let group_id = request.group_id.0.to_string();
-    let parts: Vec<CommitPart> = request
-        .topics
-        .iter()
-        .flat_map(|t| {
-            t.partitions.iter().map(|p| CommitPart {
-                topic: t.name.0.to_string(),
-                partition: p.partition_index,
-                offset: p.committed_offset,
-                leader_epoch: p.committed_leader_epoch,
-                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
-            })
-        })
-        .collect();
+    let parts = commit_parts!(request.topics);
     let count = parts.len();
     let member_id = request.member_id.to_string();
     let instance_id = request.group_instance_id.as_ref().map(|s| s.to_string());
@@ -53,24 +40,11 @@ pub async fn handle(shard: &Rc<Shard>, request: TxnOffsetCommitRequest) -> TxnOf
     })
     .await
     .unwrap_or_else(|| vec![ResponseError::CoordinatorNotAvailable.code(); count]);
-    let mut codes = codes.into_iter();
-    let topics = request
-        .topics
-        .into_iter()
-        .map(|t| {
-            let partitions = t
-                .partitions
-                .iter()
-                .map(|p| {
-                    TxnOffsetCommitResponsePartition::default()
-                        .with_partition_index(p.partition_index)
-                        .with_error_code(codes.next().expect("one code per partition"))
-                })
-                .collect();
-            TxnOffsetCommitResponseTopic::default()
-                .with_name(t.name)
-                .with_partitions(partitions)
-        })
-        .collect();
+    let topics = commit_response_topics!(
+        request.topics,
+        codes,
+        TxnOffsetCommitResponseTopic,
+        TxnOffsetCommitResponsePartition
+    );
     TxnOffsetCommitResponse::default().with_topics(topics)
 }
