@@ -51,6 +51,7 @@ pub const SERVED_APIS: &[ServedApi] = &[
     served(ApiKey::TxnOffsetCommit, 0, 3),
     served(ApiKey::DescribeTransactions, 0, 0),
     served(ApiKey::ListTransactions, 0, 1),
+    served(ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 /// The served range of an api key, if it is served at all.

@@ -43,6 +43,7 @@ pub enum Request {
     TxnOffsetCommit(TxnOffsetCommitRequest),
     DescribeTransactions(DescribeTransactionsRequest),
     ListTransactions(ListTransactionsRequest),
+    OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +129,7 @@ pub fn decode_request(frame: Bytes) -> Result<DecodedRequest, DecodeError> {
         ApiKey::TxnOffsetCommit => decode_body(api, version, &mut body, Request::TxnOffsetCommit)?,
         ApiKey::DescribeTransactions => decode_body(api, version, &mut body, Request::DescribeTransactions)?,
         ApiKey::ListTransactions => decode_body(api, version, &mut body, Request::ListTransactions)?,
+        ApiKey::OffsetForLeaderEpoch => decode_body(api, version, &mut body, Request::OffsetForLeaderEpoch)?,
         _ => {
             return Err(DecodeError::UnsupportedVersion {
                 api_key: preamble.api_key,

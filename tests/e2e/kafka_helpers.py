@@ -272,3 +272,20 @@ def stream_through_restart(broker, topic, values, kill, **producer_overrides):
         f"{len(tracker.failed)} deliveries failed, e.g. {sorted(tracker.failed.items())[:5]}"
     )
     return tracker
+
+
+def admin_request(bootstrap, request):
+    """Sends one request with kafka-python's client and returns the decoded
+    response."""
+    from kafka.client_async import KafkaClient
+
+    client = KafkaClient(bootstrap_servers=bootstrap, client_id="e2e-admin")
+    try:
+        node = client.least_loaded_node()
+        assert client.await_ready(node, timeout_ms=CLIENT_TIMEOUT_S * 1000)
+        future = client.send(node, request)
+        client.poll(future=future, timeout_ms=CLIENT_TIMEOUT_S * 1000)
+        assert future.succeeded(), f"request failed: {future.exception}"
+        return future.value
+    finally:
+        client.close()

@@ -336,3 +336,40 @@ def test_idempotent_producer_of_each_client(broker, writer):
     pairs = messages(500, writer)
     IDEMPOTENT_WRITERS[writer](broker, topic, pairs)
     assert read_confluent(broker, topic, len(pairs)) == expect(pairs)
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_offset_for_leader_epoch_answers_the_end_of_epoch_0(broker, version):
+    """Clients validate their positions after a leader change with
+    OffsetForLeaderEpoch; on one node every partition has been at epoch 0."""
+    from kafka.protocol.offset_for_leader_epoch import OffsetForLeaderEpochRequest
+
+    from kafka_helpers import admin_request
+
+    request_class = OffsetForLeaderEpochRequest[version]
+    if version >= 4:
+        # kafka-python 2.3 declares v4 without marking it flexible (its
+        # header would be v1): fix that here.
+        response_class = type("Response_v4", (request_class.RESPONSE_TYPE,), {"FLEXIBLE_VERSION": True})
+        request_class = type(
+            "Request_v4", (request_class,), {"FLEXIBLE_VERSION": True, "RESPONSE_TYPE": response_class}
+        )
+    topic = f"epochs-v{version}"
+    create_topic(broker, topic)
+    write_confluent(broker, topic, messages(5, "epoch"))
+
+    def ask(partition, current_epoch, epoch):
+        fields = dict(topics=[(topic, [(partition, current_epoch, epoch)])])
+        if version >= 3:
+            fields["replica_id"] = -1
+        if version >= 4:
+            fields = dict(replica_id=-1, topics=[(topic, [(partition, current_epoch, epoch, {})], {})], tags={})
+        response = admin_request(broker.bootstrap, request_class(**fields))
+        (_, [answer, *_], *_), = response.topics
+        return tuple(answer[:4])  # error_code, partition, leader_epoch, end_offset
+
+    assert ask(0, 0, 0) == (0, 0, 0, 5)
+    assert ask(0, -1, 0) == (0, 0, 0, 5), "current epoch -1 means: no check"
+    assert ask(0, 0, 3) == (0, 0, -1, -1), "an epoch after the current one has no end yet"
+    assert ask(0, 1, 0)[0] == 75  # UNKNOWN_LEADER_EPOCH: the client is ahead of us
+    assert ask(7, 0, 0)[0] == 3  # UNKNOWN_TOPIC_OR_PARTITION

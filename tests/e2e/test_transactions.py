@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from kafka_helpers import (
     CLIENT_TIMEOUT_S,
     DeliveryTracker,
+    admin_request,
     create_topic,
     flush,
     make_producer,
@@ -322,23 +323,6 @@ def test_consume_transform_produce_is_exactly_once_across_a_crash_of_the_loop(br
 
 
 # -- admin views and a second client ---------------------------------------------
-
-
-def admin_request(bootstrap, request):
-    """Sends one request with kafka-python's client and returns the decoded
-    response."""
-    from kafka.client_async import KafkaClient
-
-    client = KafkaClient(bootstrap_servers=bootstrap, client_id="e2e-admin")
-    try:
-        node = client.least_loaded_node()
-        assert client.await_ready(node, timeout_ms=CLIENT_TIMEOUT_S * 1000)
-        future = client.send(node, request)
-        client.poll(future=future, timeout_ms=CLIENT_TIMEOUT_S * 1000)
-        assert future.succeeded(), f"request failed: {future.exception}"
-        return future.value
-    finally:
-        client.close()
 
 
 def transaction_apis():

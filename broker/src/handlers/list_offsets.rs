@@ -49,7 +49,11 @@ pub async fn handle(shard: &Rc<Shard>, request: ListOffsetsRequest, version: i16
             out.partitions.push(
                 ListOffsetsPartitionResponse::default()
                     .with_partition_index(p.partition_index)
-                    .with_leader_epoch(if version >= 4 { 0 } else { -1 }),
+                    .with_leader_epoch(if version >= 4 {
+                        super::offset_for_leader_epoch::LEADER_EPOCH
+                    } else {
+                        -1
+                    }),
             );
             match found {
                 Some(t) if (0..t.partitions).contains(&p.partition_index) => {

@@ -64,7 +64,11 @@ pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -
                 MetadataResponsePartition::default()
                     .with_partition_index(p)
                     .with_leader_id(node)
-                    .with_leader_epoch(if version >= 7 { 0 } else { -1 })
+                    .with_leader_epoch(if version >= 7 {
+                        super::offset_for_leader_epoch::LEADER_EPOCH
+                    } else {
+                        -1
+                    })
                     .with_replica_nodes(vec![node])
                     .with_isr_nodes(vec![node])
             })

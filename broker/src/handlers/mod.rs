@@ -70,6 +70,7 @@ mod metadata;
 mod offset_commit;
 mod offset_delete;
 mod offset_fetch;
+mod offset_for_leader_epoch;
 mod produce;
 mod sync_group;
 mod txn_offset_commit;
@@ -275,6 +276,12 @@ pub async fn handle(shard: Rc<Shard>, request: DecodedRequest, peer: std::net::S
             version,
             correlation_id,
             &describe_transactions::handle(&shard, r).await,
+        ),
+        Request::OffsetForLeaderEpoch(r) => respond(
+            api,
+            version,
+            correlation_id,
+            &offset_for_leader_epoch::handle(&shard, r).await,
         ),
         Request::ListTransactions(r) => respond(
             api,
