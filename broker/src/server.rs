@@ -38,6 +38,15 @@ use crate::shard::{MESH_CHANNEL_CAPACITY, Shard, ShardTask};
 const IO_MEMORY_BYTES: usize = 64 << 20;
 /// How long shards have to join the mesh at start.
 const MESH_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping shard waits for the others to drain before closing
+/// its logs anyway (a shard that failed never arrives).
+const DRAIN_BARRIER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the broker stops.
+enum StopCause {
+    Signal(i32),
+    ShardFailed(usize),
+}
 
 pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let config = Arc::new(config);
@@ -65,6 +74,7 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let mesh: MeshBuilder<ShardTask, _> = MeshBuilder::full(config.shard_count(), MESH_CHANNEL_CAPACITY);
     let mut stops = Vec::new();
     let mut handles = Vec::new();
+    let (stop_cause_tx, stop_cause_rx) = std::sync::mpsc::channel::<StopCause>();
     for (index, cpu) in config.shard_cpus.iter().copied().enumerate() {
         let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<()>();
         stops.push(stop_tx);
@@ -72,10 +82,19 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
         let mesh = mesh.clone();
         let initial = (index == 0).then(|| metadata.clone());
         let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
+        let failed = stop_cause_tx.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || async move { shard_main(config, mesh, initial, stop_rx).await })
+            .spawn(move || async move {
+                let result = shard_main(config, mesh, initial, stop_rx).await;
+                if result.is_err() {
+                    // The others stop too: a broker missing a shard cannot
+                    // serve its partitions.
+                    let _ = failed.send(StopCause::ShardFailed(index));
+                }
+                result
+            })
             .map_err(|e| anyhow::anyhow!("starting shard {index} on CPU {cpu:?}: {e}"));
         match handle {
             Ok(h) => handles.push(h),
@@ -90,13 +109,23 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
         .name("signals".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
-                info!(signal, "stopping");
-                for stop in stops {
-                    let _ = stop.send(());
-                }
+                let _ = stop_cause_tx.send(StopCause::Signal(signal));
             }
         })
         .context("starting the signal thread")?;
+    std::thread::Builder::new()
+        .name("stopper".into())
+        .spawn(move || {
+            match stop_cause_rx.recv() {
+                Ok(StopCause::Signal(signal)) => info!(signal, "stopping"),
+                Ok(StopCause::ShardFailed(shard)) => error!(shard, "a shard failed: stopping the others"),
+                Err(_) => return,
+            }
+            for stop in stops {
+                let _ = stop.send(());
+            }
+        })
+        .context("starting the stopper thread")?;
     let mut failed = false;
     for (index, handle) in handles.into_iter().enumerate() {
         match handle.join() {
@@ -178,19 +207,6 @@ async fn shard_main(
         .map_err(|_| anyhow::anyhow!("joining the shard mesh failed"))?;
     let shard = Rc::new(Shard::new(config.clone(), senders));
     shard.serve_mesh(receivers);
-    if let Some(initial) = initial {
-        shard.controller().set_producer_id_next(initial.producer_id_next);
-        let initial = Arc::new(initial);
-        controller::persist(&shard, &initial).await?;
-        controller::broadcast(&shard, initial).await?;
-    }
-    shard.wait_ready().await;
-    shard.groups.open(&shard).await.context("opening the group logs")?;
-    shard.groups.purge_deleted_topics(&shard.metadata()).await;
-    shard.start_retention();
-    shard.start_group_ticker();
-    shard.txns.open(&shard).await.context("opening the transaction logs")?;
-    shard.start_txn_ticker();
     {
         let shard = shard.clone();
         runtime::spawn_detached(async move {
@@ -198,6 +214,22 @@ async fn shard_main(
             shard.begin_stop();
         });
     }
+    if let Some(initial) = initial {
+        shard.controller().set_producer_id_next(initial.producer_id_next);
+        let initial = Arc::new(initial);
+        controller::persist(&shard, &initial).await?;
+        controller::broadcast(&shard, initial).await?;
+    }
+    if !shard.wait_ready().await {
+        info!(shard = shard.id, "stopped before the cluster metadata arrived");
+        return Ok(());
+    }
+    shard.groups.open(&shard).await.context("opening the group logs")?;
+    shard.groups.purge_deleted_topics(&shard.metadata()).await;
+    shard.start_retention();
+    shard.start_group_ticker();
+    shard.txns.open(&shard).await.context("opening the transaction logs")?;
+    shard.start_txn_ticker();
 
     let listener = TcpListener::bind(config.listen).map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
     info!(shard = shard.id, listen = %config.listen, partitions = shard.owned_partitions().len(), "accepting clients");
@@ -241,10 +273,17 @@ async fn shard_main(
     let _ = gate.close().await;
     // Every shard must have drained before logs close: a request drained
     // here may still append to a partition another shard owns.
-    shard
-        .invoke_on(0, |s| async move { s.drained_barrier().await })
-        .await
-        .context("waiting for other shards to drain")?;
+    let drained = runtime::timeout(
+        DRAIN_BARRIER_TIMEOUT,
+        shard.invoke_on(0, |s| async move { s.drained_barrier().await }),
+    )
+    .await;
+    if !matches!(drained, Some(Ok(()))) {
+        warn!(
+            shard = shard.id,
+            "other shards did not all drain: closing the logs anyway"
+        );
+    }
     shard.close_partitions().await;
     shard.groups.close().await;
     shard.txns.close().await;

@@ -281,10 +281,16 @@ impl Shard {
     }
 
     /// Returns once the first metadata revision has been applied.
-    pub async fn wait_ready(&self) {
+    /// Waits for the first metadata; false if the shard was told to stop
+    /// first.
+    pub async fn wait_ready(&self) -> bool {
         while !self.ready.get() {
-            self.ready_notify.listen().await;
+            if self.stopping.get() {
+                return false;
+            }
+            futures_lite::future::or(self.ready_notify.listen(), self.stopped()).await;
         }
+        true
     }
 
     pub fn drain_barrier(&self) -> &crate::server::DrainBarrier {
