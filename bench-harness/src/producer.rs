@@ -248,10 +248,7 @@ impl Generator<'_> {
                 self.seal(links);
             }
             // A lingering batch goes as soon as its leader can take it.
-            if !self.open.builder.is_empty()
-                && now >= self.open.created + self.config.linger
-                && links[self.link_of[self.open.position]].conn.has_slot()
-            {
+            if now >= self.open.created + self.config.linger && self.open_batch_may_go(links) {
                 self.seal(links);
             }
             for link in links.iter_mut() {
@@ -290,9 +287,7 @@ impl Generator<'_> {
             }
         }
         let open_link = (!self.open.builder.is_empty()).then(|| self.link_of[self.open.position]);
-        if let Some(l) = open_link
-            && links[l].conn.has_slot()
-        {
+        if self.open_batch_may_go(links) {
             wake = wake.min(self.open.created + self.config.linger);
         }
         if wake <= now {
@@ -309,6 +304,20 @@ impl Generator<'_> {
             if ready { Poll::Ready(()) } else { Poll::Pending }
         });
         futures_lite::future::or(slot_for_work, glommio::timer::sleep(wake - now)).await;
+    }
+
+    /// Whether the open batch (if any) would go out now were it sealed; see
+    /// `lingering_batch_may_go`.
+    fn open_batch_may_go(&self, links: &[Link]) -> bool {
+        if self.open.builder.is_empty() {
+            return false;
+        }
+        let link = &links[self.link_of[self.open.position]];
+        lingering_batch_may_go(
+            link.conn.has_slot(),
+            link.ready.iter().map(|b| b.partition),
+            self.partitions[self.open.position].partition,
+        )
     }
 
     fn generate_one(&mut self, now: Instant, links: &mut [Link]) {
@@ -402,6 +411,21 @@ impl Generator<'_> {
     }
 }
 
+/// Whether a partly filled batch of `partition`, its linger over, may be
+/// sealed: only if it would go in its link's next request, that is the link
+/// has a free slot (`slot_free`) and no batch of the same partition is
+/// among those waiting there (`waiting`). A request carries one batch per
+/// partition, so a batch sealed behind another of its own partition waits
+/// for a later request anyway. Sealed regardless, such batches would pile
+/// up: every freed slot would seal one small batch onto the back of the
+/// queue and send one from its front, so a queue built by a stall would
+/// never drain, and its records' latency would grow with every stall. Left
+/// open, the batch keeps filling, as Kafka's producer appends to a
+/// partition's last batch, and the queue drains a full batch per request.
+fn lingering_batch_may_go(slot_free: bool, mut waiting: impl Iterator<Item = i32>, partition: i32) -> bool {
+    slot_free && waiting.all(|p| p != partition)
+}
+
 fn ready_bytes(links: &[Link]) -> usize {
     links.iter().map(|l| l.ready_bytes).sum()
 }
@@ -470,7 +494,19 @@ impl Completion {
 
 #[cfg(test)]
 mod tests {
-    use super::plan_links;
+    use super::{lingering_batch_may_go, plan_links};
+
+    #[test]
+    fn a_lingering_batch_goes_only_into_the_next_request() {
+        // A free slot and nothing of its partition waiting: it goes.
+        assert!(lingering_batch_may_go(true, [].into_iter(), 3));
+        assert!(lingering_batch_may_go(true, [1, 2].into_iter(), 3));
+        // No slot: it keeps filling.
+        assert!(!lingering_batch_may_go(false, [].into_iter(), 3));
+        // A batch of its partition waits ahead of it: sealing it would only
+        // queue it behind that one, so it keeps filling.
+        assert!(!lingering_batch_may_go(true, [1, 3].into_iter(), 3));
+    }
 
     #[test]
     fn partitions_are_dealt_among_each_leaders_connections() {
