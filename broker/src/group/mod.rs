@@ -335,6 +335,7 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return vec![ResponseError::InvalidGroupId.code(); parts.len()];
         }
+        let mut replaced = Vec::new();
         let (codes, changes) = {
             let mut groups = self.groups.borrow_mut();
             if !groups.contains_key(group_id) {
@@ -348,7 +349,9 @@ impl GroupCoordinator {
                 return vec![e.code(); parts.len()];
             }
             accept_commits(&parts, topic_partitions, |p, committed| {
-                entry.offsets.insert((p.topic.clone(), p.partition), committed.clone());
+                let key = (p.topic.clone(), p.partition);
+                let previous = entry.offsets.insert(key.clone(), committed.clone());
+                replaced.push((key, previous));
                 Change::Offset {
                     group: group_id.to_string(),
                     topic: p.topic.clone(),
@@ -357,7 +360,29 @@ impl GroupCoordinator {
                 }
             })
         };
-        self.write_commits(group_id, changes, codes, "commit offsets").await
+        let codes = self.write_commits(group_id, changes, codes, "commit offsets").await;
+        if codes.iter().any(|c| *c != 0) && !replaced.is_empty() {
+            // Not durable: OffsetFetch must not show it. (Only a storage
+            // fault makes accepted parts fail.)
+            self.restore_offsets(group_id, replaced);
+        }
+        codes
+    }
+
+    /// Puts back committed offsets replaced by a write that failed.
+    fn restore_offsets(&self, group_id: &str, replaced: Vec<((String, i32), Option<CommittedOffset>)>) {
+        let mut groups = self.groups.borrow_mut();
+        let Some(entry) = groups.get_mut(group_id) else { return };
+        for (key, previous) in replaced.into_iter().rev() {
+            match previous {
+                Some(c) => {
+                    entry.offsets.insert(key, c);
+                }
+                None => {
+                    entry.offsets.remove(&key);
+                }
+            }
+        }
     }
 
     /// TxnOffsetCommit: offsets committed inside producer `producer_id`'s
@@ -428,7 +453,8 @@ impl GroupCoordinator {
     /// A transaction that committed offsets for the group ended: its pending
     /// offsets become committed (or are dropped, on abort). Durable on return.
     pub async fn complete_txn(&self, group_id: &str, producer_id: i64, commit: bool) -> Result<(), StorageError> {
-        let changes: Vec<Change> = {
+        let mut replaced = Vec::new();
+        let (pending, changes) = {
             let mut groups = self.groups.borrow_mut();
             let Some(entry) = groups.get_mut(group_id) else {
                 return Ok(());
@@ -437,27 +463,37 @@ impl GroupCoordinator {
                 return Ok(());
             };
             let mut changes = Vec::with_capacity(pending.len() * 2);
-            for ((t, p), c) in pending {
+            for ((t, p), c) in &pending {
                 changes.push(Change::Pending {
                     group: group_id.to_string(),
                     producer_id,
                     topic: t.clone(),
-                    partition: p,
+                    partition: *p,
                     committed: None,
                 });
                 if commit {
-                    entry.offsets.insert((t.clone(), p), c.clone());
+                    let previous = entry.offsets.insert((t.clone(), *p), c.clone());
+                    replaced.push(((t.clone(), *p), previous));
                     changes.push(Change::Offset {
                         group: group_id.to_string(),
-                        topic: t,
-                        partition: p,
-                        committed: Some(c),
+                        topic: t.clone(),
+                        partition: *p,
+                        committed: Some(c.clone()),
                     });
                 }
             }
-            changes
+            (pending, changes)
         };
-        self.write(group_id, changes).await
+        let result = self.write(group_id, changes).await;
+        if result.is_err() {
+            // Still pending, as the log says: the coordinator retries, and
+            // must find them here to complete them.
+            self.restore_offsets(group_id, replaced);
+            if let Some(entry) = self.groups.borrow_mut().get_mut(group_id) {
+                entry.pending.insert(producer_id, pending);
+            }
+        }
+        result
     }
 
     /// Whether any of the partitions has an offset pending in an open

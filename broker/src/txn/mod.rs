@@ -140,7 +140,10 @@ impl TxnCoordinator {
         self.txns.borrow().get(id).cloned()
     }
 
-    /// Makes `meta` the durable state of `id`.
+    /// Makes `meta` the durable state of `id`. The state in memory changes
+    /// only once the new one is durable: a step whose write failed is not
+    /// acted on (a retry repeats it), so memory never runs ahead of what a
+    /// restart would find. Caller holds the id's lock.
     async fn persist(&self, id: &str, meta: TxnMeta) -> Result<(), StorageError> {
         let index = txn_log_of(id);
         let log = self
@@ -150,8 +153,9 @@ impl TxnCoordinator {
             .cloned()
             .unwrap_or_else(|| panic!("transaction log {index} is not on this shard: routed to the wrong shard"));
         let value = serde_json::to_string(&meta).expect("plain data serializes");
-        self.txns.borrow_mut().insert(id.to_string(), meta);
         let end = log.append(&[(id.to_string(), Some(value))], runtime::now_ms()).await?;
+        log.wait_durable(end).await?;
+        self.txns.borrow_mut().insert(id.to_string(), meta);
         if log.snapshot_due() {
             let map: KvMap = self
                 .txns
@@ -168,7 +172,7 @@ impl TxnCoordinator {
                 }
             });
         }
-        log.wait_durable(end).await
+        Ok(())
     }
 
     /// InitProducerId for a transactional id: a producer id and a new epoch
