@@ -132,6 +132,23 @@ pub struct Cli {
     #[arg(long = "group.max.size", env = "SLUICE_GROUP_MAX_SIZE", default_value_t = 10_000)]
     pub group_max_size: usize,
 
+    /// Longest transaction timeout a producer may ask for.
+    #[arg(
+        long = "transaction.max.timeout.ms",
+        env = "SLUICE_TRANSACTION_MAX_TIMEOUT_MS",
+        default_value_t = 900_000
+    )]
+    pub transaction_max_timeout_ms: u32,
+
+    /// A transactional id with no transaction open and no activity for this
+    /// long is forgotten.
+    #[arg(
+        long = "transactional.id.expiration.ms",
+        env = "SLUICE_TRANSACTIONAL_ID_EXPIRATION_MS",
+        default_value_t = 604_800_000
+    )]
+    pub transactional_id_expiration_ms: u64,
+
     /// Default partition count of new topics.
     #[arg(long = "num.partitions", env = "SLUICE_NUM_PARTITIONS", default_value_t = 1)]
     pub num_partitions: i32,
@@ -231,6 +248,7 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     pub topic_defaults: TopicDefaults,
     pub group_limits: crate::group::state::GroupLimits,
+    pub txn_limits: crate::txn::TxnLimits,
 }
 
 impl BrokerConfig {
@@ -329,6 +347,10 @@ impl BrokerConfig {
                 session_timeout_max: std::time::Duration::from_millis(cli.group_max_session_timeout_ms),
                 initial_rebalance_delay: std::time::Duration::from_millis(cli.group_initial_rebalance_delay_ms),
                 members_max: cli.group_max_size.max(1),
+            },
+            txn_limits: crate::txn::TxnLimits {
+                timeout_max_ms: cli.transaction_max_timeout_ms.clamp(1, i32::MAX as u32) as i32,
+                id_expiration_ms: cli.transactional_id_expiration_ms.min(i64::MAX as u64) as i64,
             },
         })
     }

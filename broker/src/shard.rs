@@ -84,7 +84,7 @@ impl Shard {
             senders,
             controller: (id == 0).then(Controller::new),
             groups: crate::group::GroupCoordinator::new(config.group_limits),
-            txns: crate::txn::TxnCoordinator::new(),
+            txns: crate::txn::TxnCoordinator::new(config.txn_limits),
             producer_ids: Cell::new((0, 0)),
             request_bytes: Rc::new(Semaphore::new(config.queued_request_bytes_max as u64)),
             connections: Cell::new(0),

@@ -38,6 +38,13 @@ pub struct LocalMutex {
     state: Rc<RefCell<MutexState>>,
 }
 
+impl LocalMutex {
+    /// Whether anyone else (a clone, a holder, a waiter) has this mutex.
+    pub fn is_shared(&self) -> bool {
+        Rc::strong_count(&self.state) > 1
+    }
+}
+
 pub struct LocalMutexGuard {
     state: Rc<RefCell<MutexState>>,
 }

@@ -591,3 +591,35 @@ def commit_outcome(producer):
         return "committed"
     except KafkaException as e:
         return f"failed: {e}"
+
+
+@pytest.mark.broker_args("--transactional.id.expiration.ms", "1500", "--transaction.max.timeout.ms", "20000")
+def test_idle_transactional_ids_expire_and_timeouts_are_capped(broker):
+    topic = "txn-expire"
+    create_topic(broker.bootstrap, topic, 1)
+    producer = txn_producer(broker.bootstrap, "expiring", transaction_timeout_ms=10000)
+    producer.begin_transaction()
+    produce(producer, topic, partition=0, value=b"one")
+    flush(producer)
+    producer.commit_transaction(CLIENT_TIMEOUT_S)
+    first_pid = describe(broker.bootstrap, ["expiring"])["expiring"][5]
+
+    deadline = time.monotonic() + 30
+    while describe(broker.bootstrap, ["expiring"])["expiring"][0] != 105:  # TRANSACTIONAL_ID_NOT_FOUND
+        assert time.monotonic() < deadline, "an idle transactional id never expired"
+        time.sleep(0.5)
+    broker.restart()
+    assert describe(broker.bootstrap, ["expiring"])["expiring"][0] == 105, "the expiry did not survive a restart"
+
+    # The id starts over with a new producer id.
+    again = txn_producer(broker.bootstrap, "expiring", transaction_timeout_ms=10000)
+    again.begin_transaction()
+    produce(again, topic, partition=0, value=b"two")
+    flush(again)
+    again.commit_transaction(CLIENT_TIMEOUT_S)
+    assert describe(broker.bootstrap, ["expiring"])["expiring"][5] != first_pid
+
+    # A timeout above transaction.max.timeout.ms is refused.
+    with pytest.raises(KafkaException) as refused:
+        txn_producer(broker.bootstrap, "too-long", transaction_timeout_ms=60000)
+    assert "INVALID_TRANSACTION_TIMEOUT" in str(refused.value) or refused.value.args[0].code() == 50

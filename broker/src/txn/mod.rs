@@ -39,9 +39,15 @@ use crate::shard::Shard;
 pub const TXN_LOGS_TOPIC: &str = "__transaction_state";
 /// Transaction logs in a cluster (Kafka's `transaction.state.log.num.partitions`).
 pub const TXN_LOG_PARTITIONS: i32 = 16;
-/// Longest transaction timeout a producer may ask for (Kafka's
-/// `transaction.max.timeout.ms`).
-pub const TXN_TIMEOUT_MAX_MS: i32 = 900_000;
+/// Settings (`transaction.max.timeout.ms`,
+/// `transactional.id.expiration.ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct TxnLimits {
+    /// Longest transaction timeout a producer may ask for.
+    pub timeout_max_ms: i32,
+    /// An id idle this long with nothing open is forgotten.
+    pub id_expiration_ms: i64,
+}
 /// How often timeouts and unfinished decisions are checked.
 pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes written to a transaction log between snapshots.
@@ -59,16 +65,11 @@ pub fn coordinator_shard(transactional_id: &str, shard_count: usize) -> usize {
 }
 
 pub struct TxnCoordinator {
+    limits: TxnLimits,
     logs: RefCell<HashMap<i32, Rc<KvLog>>>,
     txns: RefCell<BTreeMap<String, TxnMeta>>,
     /// One lock per transactional id: its operations run one at a time.
     locks: RefCell<HashMap<String, LocalMutex>>,
-}
-
-impl Default for TxnCoordinator {
-    fn default() -> Self {
-        TxnCoordinator::new()
-    }
 }
 
 fn storage_fault(context: &str, e: &StorageError) -> ResponseError {
@@ -77,8 +78,9 @@ fn storage_fault(context: &str, e: &StorageError) -> ResponseError {
 }
 
 impl TxnCoordinator {
-    pub fn new() -> TxnCoordinator {
+    pub fn new(limits: TxnLimits) -> TxnCoordinator {
         TxnCoordinator {
+            limits,
             logs: RefCell::new(HashMap::new()),
             txns: RefCell::new(BTreeMap::new()),
             locks: RefCell::new(HashMap::new()),
@@ -145,6 +147,12 @@ impl TxnCoordinator {
     /// acted on (a retry repeats it), so memory never runs ahead of what a
     /// restart would find. Caller holds the id's lock.
     async fn persist(&self, id: &str, meta: TxnMeta) -> Result<(), StorageError> {
+        self.write(id, Some(meta)).await
+    }
+
+    /// Writes `id`'s new state (None: forgotten), then makes it the state
+    /// in memory. Caller holds the id's lock.
+    async fn write(&self, id: &str, meta: Option<TxnMeta>) -> Result<(), StorageError> {
         let index = txn_log_of(id);
         let log = self
             .logs
@@ -152,10 +160,19 @@ impl TxnCoordinator {
             .get(&index)
             .cloned()
             .unwrap_or_else(|| panic!("transaction log {index} is not on this shard: routed to the wrong shard"));
-        let value = serde_json::to_string(&meta).expect("plain data serializes");
-        let end = log.append(&[(id.to_string(), Some(value))], runtime::now_ms()).await?;
+        let value = meta
+            .as_ref()
+            .map(|m| serde_json::to_string(m).expect("plain data serializes"));
+        let end = log.append(&[(id.to_string(), value)], runtime::now_ms()).await?;
         log.wait_durable(end).await?;
-        self.txns.borrow_mut().insert(id.to_string(), meta);
+        match meta {
+            Some(meta) => {
+                self.txns.borrow_mut().insert(id.to_string(), meta);
+            }
+            None => {
+                self.txns.borrow_mut().remove(id);
+            }
+        }
         if log.snapshot_due() {
             let map: KvMap = self
                 .txns
@@ -184,7 +201,7 @@ impl TxnCoordinator {
         timeout_ms: i32,
         hint: Option<(i64, i16)>,
     ) -> Result<(i64, i16), ResponseError> {
-        if timeout_ms <= 0 || timeout_ms > TXN_TIMEOUT_MAX_MS {
+        if timeout_ms <= 0 || timeout_ms > self.limits.timeout_max_ms {
             return Err(ResponseError::InvalidTransactionTimeout);
         }
         let lock = self.lock_for(id);
@@ -419,6 +436,7 @@ impl TxnCoordinator {
     /// left unfinished (by a failure, or a crash before the restart).
     pub async fn tick(&self, shard: &Rc<Shard>) {
         let now = runtime::now_ms();
+        self.expire_ids(now).await;
         let due: Vec<(String, bool)> = self
             .txns
             .borrow()
@@ -445,6 +463,44 @@ impl TxnCoordinator {
             };
             if let Err(e) = result {
                 warn!(transactional_id = %id, error = ?e, "could not complete a transaction; will retry");
+            }
+        }
+    }
+
+    /// Forgets ids idle past `transactional.id.expiration.ms` with no
+    /// transaction open or being decided.
+    async fn expire_ids(&self, now: i64) {
+        let idle = |m: &TxnMeta| {
+            matches!(
+                m.state,
+                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+            ) && now.saturating_sub(m.last_update_ms) >= self.limits.id_expiration_ms
+        };
+        let expired: Vec<String> = self
+            .txns
+            .borrow()
+            .iter()
+            .filter(|(_, m)| idle(m))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            {
+                let lock = self.lock_for(&id);
+                let _guard = lock.lock().await;
+                if !self.get(&id).is_some_and(|m| idle(&m)) {
+                    continue;
+                }
+                match self.write(&id, None).await {
+                    Ok(()) => info!(transactional_id = %id, "transactional id expired"),
+                    Err(e) => {
+                        warn!(transactional_id = %id, error = %e, "could not expire a transactional id; will retry")
+                    }
+                }
+            }
+            // Its lock goes too, unless a request holds or awaits it.
+            let mut locks = self.locks.borrow_mut();
+            if locks.get(&id).is_some_and(|l| !l.is_shared()) {
+                locks.remove(&id);
             }
         }
     }
