@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sluice_storage::batch::{RecordData, decode_uncompressed, encode_batch};
 use sluice_storage::io::dma::DmaFileSystem;
 use sluice_storage::io::{read_file, write_file_atomic};
-use sluice_storage::{BatchCache, Log, LogConfig, Offset, ReadLimits, StorageError};
+use sluice_storage::{BatchCache, Log, LogConfig, Offset, ReadLimits, ServedBatch, StorageError};
 use tracing::warn;
 
 const SNAPSHOT_FORMAT: u32 = 1;
@@ -93,30 +93,19 @@ impl KvLog {
             }
         }
         let mut replayed = 0u64;
-        let end = log.durable_offset();
-        let mut next = from.min(end);
-        while next < end {
-            let limits = ReadLimits {
-                bytes_max: REPLAY_READ_BYTES,
-                upper: end,
-                min_one: true,
-            };
-            let batches = log.read(next, limits).await?;
-            let Some(last) = batches.last() else { break };
-            next = last.next_offset();
-            for batch in &batches {
-                for record in decode_uncompressed(&batch.to_bytes()).unwrap_or_default() {
-                    let Some(key) = record.key.and_then(|k| String::from_utf8(k).ok()) else {
-                        continue;
-                    };
-                    match record.value.and_then(|v| String::from_utf8(v).ok()) {
-                        Some(v) => map.insert(key, v),
-                        None => map.remove(&key),
-                    };
-                    replayed += 1;
-                }
+        replay(&log, from, |batch| {
+            for record in decode_uncompressed(&batch.to_bytes()).unwrap_or_default() {
+                let Some(key) = record.key.and_then(|k| String::from_utf8(k).ok()) else {
+                    continue;
+                };
+                match record.value.and_then(|v| String::from_utf8(v).ok()) {
+                    Some(v) => map.insert(key, v),
+                    None => map.remove(&key),
+                };
+                replayed += 1;
             }
-        }
+        })
+        .await?;
         Ok((
             KvLog {
                 dir,
@@ -243,4 +232,29 @@ mod tests {
             .join()
             .unwrap();
     }
+}
+
+/// Calls `f` on every batch of `log` from `from` up to its durable end, in
+/// order, reading `REPLAY_READ_BYTES` at a time: how state kept beside a
+/// log (a key-value map, producer state) is rebuilt after its snapshot.
+pub async fn replay(
+    log: &Log<DmaFileSystem>,
+    from: Offset,
+    mut f: impl FnMut(&ServedBatch),
+) -> Result<(), StorageError> {
+    let end = log.durable_offset();
+    let mut next = from.min(end);
+    while next < end {
+        let limits = ReadLimits {
+            bytes_max: REPLAY_READ_BYTES,
+            upper: end,
+            min_one: true,
+        };
+        let batches = log.read(next, limits).await?;
+        let Some(last) = batches.last() else { break };
+        next = last.next_offset();
+        batches.iter().for_each(&mut f);
+        glommio::yield_if_needed().await;
+    }
+    Ok(())
 }

@@ -19,7 +19,7 @@ use sluice_storage::batch::{BatchHeader, MarkerType, encode_marker, marker_type}
 use sluice_storage::io::dma::DmaFileSystem;
 use sluice_storage::io::{read_file, write_file_atomic};
 use sluice_storage::local_sync::LocalMutex;
-use sluice_storage::{BatchCache, Log, Offset, ReadLimits, StorageError};
+use sluice_storage::{BatchCache, Log, Offset, StorageError};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -37,8 +37,6 @@ const SNAPSHOT_INTERVAL_PRODUCER_BATCHES: u64 = 1000;
 const SNAPSHOT_INTERVAL_BYTES: u64 = 256 << 20;
 /// A producer idle this long is forgotten (Kafka's `producer.id.expiration.ms`).
 const PRODUCER_EXPIRATION_MS: i64 = 86_400_000;
-/// Bytes read at a time when rebuilding producer state.
-const REPLAY_READ_BYTES: usize = 4 << 20;
 
 #[derive(Serialize, Deserialize)]
 struct ProducerSnapshot {
@@ -319,32 +317,20 @@ async fn load_producer_state(
             _ => warn!(path = %path.display(), "producer snapshot unusable: rebuilding from the whole log"),
         }
     }
-    let end = log.durable_offset();
-    let mut next = from.min(end);
     let mut replayed = 0u64;
-    while next < end {
-        let limits = ReadLimits {
-            bytes_max: REPLAY_READ_BYTES,
-            upper: end,
-            min_one: true,
+    crate::kvlog::replay(log, from, |served| {
+        let Ok(mut header) = BatchHeader::parse(served.raw()) else {
+            return;
         };
-        let batches = log.read(next, limits).await?;
-        let Some(last) = batches.last() else { break };
-        next = last.next_offset();
-        for served in &batches {
-            let Ok(mut header) = BatchHeader::parse(served.raw()) else {
-                continue;
-            };
-            header.base_offset = served.base_offset();
-            let marker = if header.is_control() {
-                marker_type(served.raw())
-            } else {
-                None
-            };
-            state.apply(&header, marker, header.max_timestamp);
-            replayed += 1;
-        }
-        glommio::yield_if_needed().await;
-    }
+        header.base_offset = served.base_offset();
+        let marker = if header.is_control() {
+            marker_type(served.raw())
+        } else {
+            None
+        };
+        state.apply(&header, marker, header.max_timestamp);
+        replayed += 1;
+    })
+    .await?;
     Ok((state, replayed))
 }
