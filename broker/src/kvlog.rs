@@ -3,15 +3,18 @@
 //!
 //! Every change is a record whose key and value are the map's key and
 //! value (a null value deletes), appended to the log as an uncompressed v2
-//! batch. After enough bytes, the whole map as of log offset X is written to
+//! batch. The log keeps its own copy of the map, changed in the same step
+//! as each append, so the copy is always exactly the records below the log's
+//! end. After enough bytes, that copy as of log offset X is written to
 //! `snapshot.json` (once the log is durable up to X) and the log start moves
 //! to X, deleting whole older segments. Opening loads the snapshot and
 //! replays only the records after it: recovery time follows the map's size,
 //! not the number of changes ever made.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -19,10 +22,12 @@ use sluice_storage::batch::{RecordData, decode_uncompressed, encode_batch};
 use sluice_storage::io::dma::DmaFileSystem;
 use sluice_storage::io::{read_file, write_file_atomic};
 use sluice_storage::{BatchCache, Log, LogConfig, Offset, ReadLimits, ServedBatch, StorageError};
-use tracing::warn;
+use tracing::{info, warn};
 
 const SNAPSHOT_FORMAT: u32 = 1;
 const SNAPSHOT_FILE: &str = "snapshot.json";
+/// Wait after a failed background sync before trying again.
+const FLUSH_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Bytes read at a time when replaying.
 const REPLAY_READ_BYTES: usize = 4 << 20;
 
@@ -47,26 +52,31 @@ pub fn segment_bytes_for(snapshot_interval_bytes: u64) -> u64 {
 }
 
 pub struct KvLog {
+    /// The map as of the log's end offset: every record appended, durable
+    /// or not (a snapshot waits for durability before it is written).
+    map: RefCell<KvMap>,
     dir: PathBuf,
     fs: DmaFileSystem,
     pub log: Log<DmaFileSystem>,
     bytes_since_snapshot: Cell<u64>,
     snapshot_interval_bytes: u64,
     snapshotting: Cell<bool>,
+    /// Snapshots written since opening.
+    snapshots_written: Cell<u64>,
     /// Records replayed when opening: what followed the snapshot.
     pub replayed_on_open: u64,
 }
 
 impl KvLog {
     /// Opens the log in `dir` and loads the map: the snapshot, then the
-    /// records after it.
+    /// records after it. Returns the map loaded, for the caller's own state.
     pub async fn open(
         fs: &DmaFileSystem,
         cache: &BatchCache,
         dir: PathBuf,
         snapshot_interval_bytes: u64,
         now_ms: i64,
-    ) -> Result<(KvLog, KvMap), StorageError> {
+    ) -> Result<(Rc<KvLog>, KvMap), StorageError> {
         let segment_bytes = segment_bytes_for(snapshot_interval_bytes);
         let mut config = LogConfig {
             segment_bytes,
@@ -106,23 +116,32 @@ impl KvLog {
             }
         })
         .await?;
-        Ok((
-            KvLog {
-                dir,
-                fs: fs.clone(),
-                log,
-                bytes_since_snapshot: Cell::new(0),
-                snapshot_interval_bytes,
-                snapshotting: Cell::new(false),
-                replayed_on_open: replayed,
-            },
-            map,
-        ))
+        let kv = Rc::new(KvLog {
+            map: RefCell::new(map.clone()),
+            dir,
+            fs: fs.clone(),
+            log,
+            bytes_since_snapshot: Cell::new(0),
+            snapshot_interval_bytes,
+            snapshotting: Cell::new(false),
+            snapshots_written: Cell::new(0),
+            replayed_on_open: replayed,
+        });
+        // Keeps appended records flowing to the disk until the log closes.
+        let flusher = kv.clone();
+        crate::runtime::spawn_detached(async move {
+            while let Err(e) = flusher.log.flush_until_closed().await {
+                warn!(dir = %flusher.dir.display(), error = %e, "sync failed; retrying");
+                crate::runtime::sleep(FLUSH_RETRY_DELAY).await;
+            }
+        });
+        Ok((kv, map))
     }
 
     /// Appends changes as one batch; returns the offset after them. Not
-    /// durable yet: see [`wait_durable`](Self::wait_durable).
-    pub async fn append(&self, changes: &[KvChange], now_ms: i64) -> Result<Offset, StorageError> {
+    /// durable yet: see [`wait_durable`](Self::wait_durable). Starts a
+    /// snapshot when one is due.
+    pub async fn append(self: &Rc<Self>, changes: &[KvChange], now_ms: i64) -> Result<Offset, StorageError> {
         assert!(!changes.is_empty());
         let records: Vec<RecordData> = changes
             .iter()
@@ -136,20 +155,43 @@ impl KvLog {
         self.bytes_since_snapshot
             .set(self.bytes_since_snapshot.get() + batch.len() as u64);
         let info = self.log.append(Bytes::from(batch), now_ms).await?;
-        Ok(info.last_offset.plus(1))
+        let end = info.last_offset.plus(1);
+        // No await between the append and this: the map and the log's end
+        // move together, whichever appends run concurrently.
+        {
+            let mut map = self.map.borrow_mut();
+            for (k, v) in changes {
+                match v {
+                    Some(v) => map.insert(k.clone(), v.clone()),
+                    None => map.remove(k),
+                };
+            }
+        }
+        if self.snapshot_due() {
+            let map = self.map.borrow().clone();
+            let at = self.log.end_offset();
+            let me = self.clone();
+            crate::runtime::spawn_detached(async move {
+                match me.snapshot(map, at).await {
+                    Ok(()) => info!(dir = %me.dir.display(), offset = at.0, "snapshot written"),
+                    Err(e) => warn!(dir = %me.dir.display(), error = %e, "snapshot failed"),
+                }
+            });
+        }
+        Ok(end)
     }
 
     pub async fn wait_durable(&self, offset: Offset) -> Result<(), StorageError> {
         self.log.wait_durable(offset).await
     }
 
-    pub fn snapshot_due(&self) -> bool {
+    fn snapshot_due(&self) -> bool {
         !self.snapshotting.get() && self.bytes_since_snapshot.get() >= self.snapshot_interval_bytes
     }
 
     /// Writes `map` (the whole map as of `at`, the log's end offset when it
     /// was taken) as the snapshot, then drops the log before it.
-    pub async fn snapshot(&self, map: KvMap, at: Offset) -> Result<(), StorageError> {
+    async fn snapshot(&self, map: KvMap, at: Offset) -> Result<(), StorageError> {
         if self.snapshotting.replace(true) {
             return Ok(());
         }
@@ -167,6 +209,7 @@ impl KvLog {
                 .map_err(|e| StorageError::io("write snapshot", &path, e))?;
             self.bytes_since_snapshot.set(0);
             self.log.advance_start(at).await?;
+            self.snapshots_written.set(self.snapshots_written.get() + 1);
             Ok(())
         }
         .await;
@@ -194,7 +237,6 @@ mod tests {
                 let (kv, _) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
                 let mut map = KvMap::new();
                 let changes = 20_000u64;
-                let mut snapshots = 0;
                 for i in 0..changes {
                     let key = format!("key-{}", i % 97);
                     let change: KvChange = if i % 11 == 0 {
@@ -207,13 +249,18 @@ mod tests {
                         None => map.remove(&change.0),
                     };
                     let end = kv.append(&[change], 0).await.unwrap();
-                    if kv.snapshot_due() {
-                        kv.snapshot(map.clone(), end).await.unwrap();
-                        snapshots += 1;
-                    }
+                    kv.wait_durable(end).await.unwrap();
+                    // Lets a snapshot started by the append finish.
+                    glommio::yield_if_needed().await;
                 }
-                kv.log.close().await.unwrap();
+                // The last snapshot in flight completes before the close.
+                while kv.snapshotting.get() {
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                assert_eq!(*kv.map.borrow(), map);
+                let snapshots = kv.snapshots_written.get();
                 assert!(snapshots > 10, "{snapshots} snapshots");
+                kv.log.close().await.unwrap();
                 let (reopened, loaded) = KvLog::open(&fs, &cache, dir, interval, 0).await.unwrap();
                 assert_eq!(loaded, map);
                 assert!(
@@ -227,6 +274,59 @@ mod tests {
                     "{:?}",
                     reopened.log.stats()
                 );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod concurrent_tests {
+    use super::*;
+
+    /// Appends from many tasks at once, snapshots starting in between: a
+    /// snapshot is the map as of its offset exactly, so a reopen finds
+    /// every acknowledged change.
+    #[test]
+    fn concurrent_appends_across_snapshots_lose_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("kv");
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let fs = DmaFileSystem::new();
+                let cache = BatchCache::new(1 << 20);
+                let interval = 16 << 10;
+                let (kv, _) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
+                let tasks: Vec<_> = (0..64)
+                    .map(|t| {
+                        let kv = kv.clone();
+                        glommio::spawn_local(async move {
+                            for i in 0..100 {
+                                let end = kv
+                                    .append(&[(format!("t{t}-k{i}"), Some(format!("v{i}")))], 0)
+                                    .await
+                                    .unwrap();
+                                kv.wait_durable(end).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await;
+                }
+                while kv.snapshotting.get() {
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                assert!(
+                    kv.snapshots_written.get() > 3,
+                    "{} snapshots",
+                    kv.snapshots_written.get()
+                );
+                kv.log.close().await.unwrap();
+                let (_, loaded) = KvLog::open(&fs, &cache, dir, interval, 0).await.unwrap();
+                assert_eq!(loaded.len(), 64 * 100);
+                assert_eq!(loaded.get("t63-k99").map(String::as_str), Some("v99"));
             })
             .unwrap()
             .join()

@@ -17,12 +17,10 @@ use std::time::{Duration, Instant};
 
 use sluice_protocol::ResponseError;
 use sluice_storage::StorageError;
-use tracing::{info, warn};
+use tracing::warn;
 
 use self::state::{Group, GroupLimits, GroupState, JoinOutcome, JoinRequest, Step, SyncOutcome};
-use self::store::{
-    Change, CommittedOffset, GroupLog, GroupRecord, LogState, PendingOffsets, group_log_of, split_state,
-};
+use self::store::{Change, CommittedOffset, GroupLog, GroupRecord, PendingOffsets, group_log_of, split_state};
 use crate::error::storage_error_code;
 use crate::metadata::{ClusterMetadata, shard_of};
 use crate::runtime;
@@ -115,13 +113,6 @@ impl GroupCoordinator {
             )
             .await?;
             let log = Rc::new(log);
-            let flusher = log.clone();
-            runtime::spawn_detached(async move {
-                while let Err(e) = flusher.kv.log.flush_until_closed().await {
-                    warn!(group_log = flusher.index, error = %e, "group log sync failed; retrying");
-                    runtime::sleep(Duration::from_millis(100)).await;
-                }
-            });
             let mut groups = self.groups.borrow_mut();
             for (id, (record, offsets, pending)) in split_state(state) {
                 let group = match record {
@@ -167,52 +158,7 @@ impl GroupCoordinator {
         }
         let log = self.log_of(group_id);
         let end = log.append(&changes, runtime::now_ms()).await?;
-        if log.snapshot_due() {
-            let state = self.log_state(log.index);
-            let at = log.kv.log.end_offset();
-            let snap = log.clone();
-            runtime::spawn_detached(async move {
-                match snap.snapshot(state, at).await {
-                    Ok(()) => info!(group_log = snap.index, offset = at.0, "group log snapshot written"),
-                    Err(e) => warn!(group_log = snap.index, error = %e, "group log snapshot failed"),
-                }
-            });
-        }
         log.wait_durable(end).await
-    }
-
-    /// The whole state of one group log, from memory.
-    fn log_state(&self, index: i32) -> LogState {
-        let groups = self.groups.borrow();
-        let mut state = LogState::default();
-        for (id, e) in groups.iter().filter(|(id, _)| group_log_of(id) == index) {
-            state
-                .groups
-                .insert(id.clone(), GroupRecord::from_snapshot(&e.group.snapshot()));
-            for ((t, p), c) in &e.offsets {
-                state
-                    .offsets
-                    .entry(id.clone())
-                    .or_default()
-                    .entry(t.clone())
-                    .or_default()
-                    .insert(*p, c.clone());
-            }
-            for (pid, parts) in &e.pending {
-                for ((t, p), c) in parts {
-                    state
-                        .pending
-                        .entry(id.clone())
-                        .or_default()
-                        .entry(*pid)
-                        .or_default()
-                        .entry(t.clone())
-                        .or_default()
-                        .insert(*p, c.clone());
-                }
-            }
-        }
-        state
     }
 
     fn group_change(&self, group_id: &str) -> Change {

@@ -327,6 +327,7 @@ impl LogState {
         state
     }
 
+    #[cfg(test)]
     fn to_map(&self) -> KvMap {
         let mut map = KvMap::new();
         let mut put = |c: Change| {
@@ -379,7 +380,7 @@ pub fn group_log_dir(data_dir: &Path, index: i32) -> PathBuf {
 /// One group log.
 pub struct GroupLog {
     pub index: i32,
-    pub kv: KvLog,
+    pub kv: std::rc::Rc<KvLog>,
 }
 
 impl GroupLog {
@@ -418,15 +419,6 @@ impl GroupLog {
 
     pub async fn wait_durable(&self, offset: Offset) -> Result<(), StorageError> {
         self.kv.wait_durable(offset).await
-    }
-
-    pub fn snapshot_due(&self) -> bool {
-        self.kv.snapshot_due()
-    }
-
-    /// Writes `state` (the whole state as of `at`) as the snapshot.
-    pub async fn snapshot(&self, state: LogState, at: Offset) -> Result<(), StorageError> {
-        self.kv.snapshot(state.to_map(), at).await
     }
 }
 

@@ -30,7 +30,7 @@ use sluice_storage::local_sync::{LocalMutex, join_bounded};
 use tracing::{info, warn};
 
 use self::state::{EndStep, TxnMeta, TxnState};
-use crate::kvlog::{KvLog, KvMap};
+use crate::kvlog::KvLog;
 use crate::metadata::shard_of;
 use crate::runtime;
 use crate::shard::Shard;
@@ -96,14 +96,6 @@ impl TxnCoordinator {
             let dir = shard.config.data_dir.join("transactions").join(index.to_string());
             let (kv, map) =
                 KvLog::open(&shard.fs, &shard.cache, dir, SNAPSHOT_INTERVAL_BYTES, runtime::now_ms()).await?;
-            let kv = Rc::new(kv);
-            let flusher = kv.clone();
-            runtime::spawn_detached(async move {
-                while let Err(e) = flusher.log.flush_until_closed().await {
-                    warn!(error = %e, "transaction log sync failed; retrying");
-                    runtime::sleep(Duration::from_millis(100)).await;
-                }
-            });
             let mut txns = self.txns.borrow_mut();
             for (id, value) in map {
                 match serde_json::from_str::<TxnMeta>(&value) {
@@ -172,22 +164,6 @@ impl TxnCoordinator {
             None => {
                 self.txns.borrow_mut().remove(id);
             }
-        }
-        if log.snapshot_due() {
-            let map: KvMap = self
-                .txns
-                .borrow()
-                .iter()
-                .filter(|(k, _)| txn_log_of(k) == index)
-                .map(|(k, v)| (k.clone(), serde_json::to_string(v).expect("plain data serializes")))
-                .collect();
-            let at = log.log.end_offset();
-            let snap = log.clone();
-            runtime::spawn_detached(async move {
-                if let Err(e) = snap.snapshot(map, at).await {
-                    warn!(error = %e, "transaction log snapshot failed");
-                }
-            });
         }
         Ok(())
     }
