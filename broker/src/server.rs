@@ -38,9 +38,23 @@ use crate::shard::{MESH_CHANNEL_CAPACITY, Shard, ShardTask};
 const IO_MEMORY_BYTES: usize = 64 << 20;
 /// How long shards have to join the mesh at start.
 const MESH_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shard waits at start for the others to open their logs.
+const OPEN_BARRIER_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a stopping shard waits for the others to drain before closing
 /// its logs anyway (a shard that failed never arrives).
 const DRAIN_BARRIER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reports its shard as failed when dropped armed: on an error return, and
+/// on a panic unwinding the shard's thread.
+struct FailureReport(Option<(std::sync::mpsc::Sender<StopCause>, usize)>);
+
+impl Drop for FailureReport {
+    fn drop(&mut self) {
+        if let Some((tx, shard)) = self.0.take() {
+            let _ = tx.send(StopCause::ShardFailed(shard));
+        }
+    }
+}
 
 /// Why the broker stops.
 enum StopCause {
@@ -87,11 +101,12 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
             .name(&format!("shard-{index}"))
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || async move {
+                // The others stop too when this shard fails or panics: a
+                // broker missing a shard cannot serve its partitions.
+                let mut guard = FailureReport(Some((failed, index)));
                 let result = shard_main(config, mesh, initial, stop_rx).await;
-                if result.is_err() {
-                    // The others stop too: a broker missing a shard cannot
-                    // serve its partitions.
-                    let _ = failed.send(StopCause::ShardFailed(index));
+                if result.is_ok() {
+                    guard.0 = None;
                 }
                 result
             })
@@ -226,9 +241,28 @@ async fn shard_main(
     }
     shard.groups.open(&shard).await.context("opening the group logs")?;
     shard.groups.purge_deleted_topics(&shard.metadata()).await;
+    shard.txns.open(&shard).await.context("opening the transaction logs")?;
+    // Clients come only once every shard has its partitions and
+    // coordinators open: a request forwarded to another shard finds them
+    // there, and a transaction finished after a restart finds its
+    // partitions.
+    let opened = futures_lite::future::or(all_shards_reach(&shard, |b| &b.opened, OPEN_BARRIER_TIMEOUT), async {
+        shard.stopped().await;
+        false
+    })
+    .await;
+    if !opened {
+        if shard.is_stopping() {
+            info!(shard = shard.id, "stopped before every shard had opened");
+            shard.close_partitions().await;
+            shard.groups.close().await;
+            shard.txns.close().await;
+            return Ok(());
+        }
+        anyhow::bail!("other shards did not finish opening");
+    }
     shard.start_retention();
     shard.start_group_ticker();
-    shard.txns.open(&shard).await.context("opening the transaction logs")?;
     shard.start_txn_ticker();
 
     let listener = TcpListener::bind(config.listen).map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
@@ -273,12 +307,7 @@ async fn shard_main(
     let _ = gate.close().await;
     // Every shard must have drained before logs close: a request drained
     // here may still append to a partition another shard owns.
-    let drained = runtime::timeout(
-        DRAIN_BARRIER_TIMEOUT,
-        shard.invoke_on(0, |s| async move { s.drained_barrier().await }),
-    )
-    .await;
-    if !matches!(drained, Some(Ok(()))) {
+    if !all_shards_reach(&shard, |b| &b.drained, DRAIN_BARRIER_TIMEOUT).await {
         warn!(
             shard = shard.id,
             "other shards did not all drain: closing the logs anyway"
@@ -291,23 +320,42 @@ async fn shard_main(
     Ok(())
 }
 
-/// Shutdown barrier state, kept on shard 0.
+/// A point every shard must reach before any goes on, kept on shard 0.
 #[derive(Default)]
-pub struct DrainBarrier {
-    drained: Cell<usize>,
+pub struct Barrier {
+    arrived: Cell<usize>,
     notify: LocalNotify,
 }
 
-impl Shard {
-    /// Counts this call; completes once every shard has called it. Runs on
-    /// shard 0.
-    pub async fn drained_barrier(&self) {
-        assert_eq!(self.id, 0, "the barrier lives on shard 0");
-        let barrier = self.drain_barrier();
-        barrier.drained.set(barrier.drained.get() + 1);
-        barrier.notify.notify_all();
-        while barrier.drained.get() < self.count {
-            barrier.notify.listen().await;
+/// The barriers of a shard's life: all opened (before accepting clients),
+/// all drained (before closing logs).
+#[derive(Default)]
+pub struct Barriers {
+    pub opened: Barrier,
+    pub drained: Barrier,
+}
+
+impl Barrier {
+    /// Counts this call; completes once `count` calls have arrived.
+    pub async fn arrive(&self, count: usize) {
+        self.arrived.set(self.arrived.get() + 1);
+        self.notify.notify_all();
+        while self.arrived.get() < count {
+            self.notify.listen().await;
         }
     }
+}
+
+/// Waits on shard 0's barrier `pick` until every shard has arrived, or
+/// `timeout`. False if it gave up (a shard failed, or is gone).
+async fn all_shards_reach(shard: &Rc<Shard>, pick: fn(&Barriers) -> &Barrier, timeout: Duration) -> bool {
+    let arrived = runtime::timeout(
+        timeout,
+        shard.invoke_on(0, move |s| async move {
+            assert_eq!(s.id, 0, "barriers live on shard 0");
+            pick(s.barriers()).arrive(s.count).await
+        }),
+    )
+    .await;
+    matches!(arrived, Some(Ok(())))
 }

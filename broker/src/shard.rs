@@ -66,7 +66,7 @@ pub struct Shard {
     stopping: Cell<bool>,
     stop_notify: LocalNotify,
     /// On shard 0: the shutdown barrier.
-    drain: crate::server::DrainBarrier,
+    barriers: crate::server::Barriers,
 }
 
 impl Shard {
@@ -92,7 +92,7 @@ impl Shard {
             ready_notify: LocalNotify::default(),
             stopping: Cell::new(false),
             stop_notify: LocalNotify::default(),
-            drain: Default::default(),
+            barriers: Default::default(),
             config,
         }
     }
@@ -104,7 +104,16 @@ impl Shard {
             let shard = self.clone();
             runtime::spawn_detached(async move {
                 while let Some(task) = rx.recv().await {
-                    runtime::spawn_detached(task(shard.clone()));
+                    let work = std::panic::AssertUnwindSafe(task(shard.clone()));
+                    runtime::spawn_detached(async move {
+                        // A panic in forwarded work (a handler's owner-side
+                        // part) fails that request, as in the handler
+                        // itself, and leaves the shard running: the caller
+                        // sees its answer channel dropped.
+                        if futures_lite::FutureExt::catch_unwind(work).await.is_err() {
+                            tracing::error!("forwarded work panicked; its request fails");
+                        }
+                    });
                 }
             });
         }
@@ -293,8 +302,8 @@ impl Shard {
         true
     }
 
-    pub fn drain_barrier(&self) -> &crate::server::DrainBarrier {
-        &self.drain
+    pub fn barriers(&self) -> &crate::server::Barriers {
+        &self.barriers
     }
 
     pub fn is_stopping(&self) -> bool {

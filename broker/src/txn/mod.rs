@@ -492,7 +492,7 @@ impl TxnCoordinator {
 }
 
 /// On a partition's owner: writes a marker to each partition and waits
-/// until they are durable. A partition that no longer exists is skipped.
+/// until they are durable. A partition deleted since is skipped.
 async fn write_markers(
     shard: &Rc<Shard>,
     parts: Vec<(String, i32)>,
@@ -501,8 +501,14 @@ async fn write_markers(
     marker: MarkerType,
 ) -> Result<(), String> {
     let mut waits = Vec::new();
+    let metadata = shard.metadata();
     for (t, p) in parts {
         let Some(partition) = shard.partition(&t, p) else {
+            // Deleted since: nothing to mark. Not open yet (a restart in
+            // progress): the marker must still be written, so retry later.
+            if metadata.topic(&t).is_some_and(|m| (0..m.partitions).contains(&p)) {
+                return Err(format!("{t}-{p} is not open yet"));
+            }
             continue;
         };
         let end = partition
