@@ -53,6 +53,55 @@ impl Entry {
             pending: BTreeMap::new(),
         }
     }
+
+    /// Applies a change of a committed or pending offset; returns the change
+    /// that undoes it. (Membership changes live in `group`.)
+    fn apply(&mut self, change: &Change) -> Change {
+        let mut undo = change.clone();
+        match (change, &mut undo) {
+            (
+                Change::Offset {
+                    topic,
+                    partition,
+                    committed,
+                    ..
+                },
+                Change::Offset {
+                    committed: previous, ..
+                },
+            ) => {
+                let key = (topic.clone(), *partition);
+                *previous = match committed {
+                    Some(c) => self.offsets.insert(key, c.clone()),
+                    None => self.offsets.remove(&key),
+                };
+            }
+            (
+                Change::Pending {
+                    producer_id,
+                    topic,
+                    partition,
+                    committed,
+                    ..
+                },
+                Change::Pending {
+                    committed: previous, ..
+                },
+            ) => {
+                let key = (topic.clone(), *partition);
+                let parts = self.pending.entry(*producer_id).or_default();
+                *previous = match committed {
+                    Some(c) => parts.insert(key, c.clone()),
+                    None => parts.remove(&key),
+                };
+                if parts.is_empty() {
+                    self.pending.remove(producer_id);
+                }
+            }
+            _ => unreachable!("only offset changes are applied to an entry"),
+        }
+        undo
+    }
 }
 
 /// A group as DescribeGroups shows it.
@@ -281,7 +330,6 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return vec![ResponseError::InvalidGroupId.code(); parts.len()];
         }
-        let mut replaced = Vec::new();
         let (codes, changes) = {
             let mut groups = self.groups.borrow_mut();
             if !groups.contains_key(group_id) {
@@ -294,41 +342,14 @@ impl GroupCoordinator {
             if let Err(e) = entry.group.check_commit(member_id, instance_id, generation) {
                 return vec![e.code(); parts.len()];
             }
-            accept_commits(&parts, topic_partitions, |p, committed| {
-                let key = (p.topic.clone(), p.partition);
-                let previous = entry.offsets.insert(key.clone(), committed.clone());
-                replaced.push((key, previous));
-                Change::Offset {
-                    group: group_id.to_string(),
-                    topic: p.topic.clone(),
-                    partition: p.partition,
-                    committed: Some(committed),
-                }
+            accept_commits(&parts, topic_partitions, |p, committed| Change::Offset {
+                group: group_id.to_string(),
+                topic: p.topic.clone(),
+                partition: p.partition,
+                committed: Some(committed),
             })
         };
-        let codes = self.write_commits(group_id, changes, codes, "commit offsets").await;
-        if codes.iter().any(|c| *c != 0) && !replaced.is_empty() {
-            // Not durable: OffsetFetch must not show it. (Only a storage
-            // fault makes accepted parts fail.)
-            self.restore_offsets(group_id, replaced);
-        }
-        codes
-    }
-
-    /// Puts back committed offsets replaced by a write that failed.
-    fn restore_offsets(&self, group_id: &str, replaced: Vec<((String, i32), Option<CommittedOffset>)>) {
-        let mut groups = self.groups.borrow_mut();
-        let Some(entry) = groups.get_mut(group_id) else { return };
-        for (key, previous) in replaced.into_iter().rev() {
-            match previous {
-                Some(c) => {
-                    entry.offsets.insert(key, c);
-                }
-                None => {
-                    entry.offsets.remove(&key);
-                }
-            }
-        }
+        self.write_commits(group_id, changes, codes, "commit offsets").await
     }
 
     /// TxnOffsetCommit: offsets committed inside producer `producer_id`'s
@@ -359,27 +380,20 @@ impl GroupCoordinator {
                     return vec![e.code(); parts.len()];
                 }
             }
-            accept_commits(&parts, topic_partitions, |p, committed| {
-                entry
-                    .pending
-                    .entry(producer_id)
-                    .or_default()
-                    .insert((p.topic.clone(), p.partition), committed.clone());
-                Change::Pending {
-                    group: group_id.to_string(),
-                    producer_id,
-                    topic: p.topic.clone(),
-                    partition: p.partition,
-                    committed: Some(committed),
-                }
+            accept_commits(&parts, topic_partitions, |p, committed| Change::Pending {
+                group: group_id.to_string(),
+                producer_id,
+                topic: p.topic.clone(),
+                partition: p.partition,
+                committed: Some(committed),
             })
         };
         self.write_commits(group_id, changes, codes, "commit transactional offsets")
             .await
     }
 
-    /// Makes accepted commits durable; a storage fault becomes every
-    /// accepted part's code.
+    /// Makes accepted commits durable (see `write_offsets`); a storage
+    /// fault becomes every accepted part's code.
     async fn write_commits(
         &self,
         group_id: &str,
@@ -387,7 +401,7 @@ impl GroupCoordinator {
         mut codes: Vec<i16>,
         context: &str,
     ) -> Vec<i16> {
-        if let Err(e) = self.write(group_id, changes).await {
+        if let Err(e) = self.write_offsets(group_id, changes).await {
             let code = storage_error_code(context, &e);
             for c in codes.iter_mut().filter(|c| **c == 0) {
                 *c = code;
@@ -399,17 +413,13 @@ impl GroupCoordinator {
     /// A transaction that committed offsets for the group ended: its pending
     /// offsets become committed (or are dropped, on abort). Durable on return.
     pub async fn complete_txn(&self, group_id: &str, producer_id: i64, commit: bool) -> Result<(), StorageError> {
-        let mut replaced = Vec::new();
-        let (pending, changes) = {
-            let mut groups = self.groups.borrow_mut();
-            let Some(entry) = groups.get_mut(group_id) else {
-                return Ok(());
-            };
-            let Some(pending) = entry.pending.remove(&producer_id) else {
+        let changes: Vec<Change> = {
+            let groups = self.groups.borrow();
+            let Some(pending) = groups.get(group_id).and_then(|e| e.pending.get(&producer_id)) else {
                 return Ok(());
             };
             let mut changes = Vec::with_capacity(pending.len() * 2);
-            for ((t, p), c) in &pending {
+            for ((t, p), c) in pending {
                 changes.push(Change::Pending {
                     group: group_id.to_string(),
                     producer_id,
@@ -418,8 +428,6 @@ impl GroupCoordinator {
                     committed: None,
                 });
                 if commit {
-                    let previous = entry.offsets.insert((t.clone(), *p), c.clone());
-                    replaced.push(((t.clone(), *p), previous));
                     changes.push(Change::Offset {
                         group: group_id.to_string(),
                         topic: t.clone(),
@@ -428,15 +436,30 @@ impl GroupCoordinator {
                     });
                 }
             }
-            (pending, changes)
+            changes
+        };
+        // On failure they stay pending, as the log says: the coordinator
+        // retries, and finds them here to complete them.
+        self.write_offsets(group_id, changes).await
+    }
+
+    /// Applies offset changes to a group's entry and writes them; if the
+    /// write fails, undoes them, so memory never shows what is not durable.
+    /// The entry must exist.
+    async fn write_offsets(&self, group_id: &str, changes: Vec<Change>) -> Result<(), StorageError> {
+        let undo: Vec<Change> = {
+            let mut groups = self.groups.borrow_mut();
+            let entry = groups
+                .get_mut(group_id)
+                .expect("offsets change only in an existing group");
+            changes.iter().map(|c| entry.apply(c)).collect()
         };
         let result = self.write(group_id, changes).await;
         if result.is_err() {
-            // Still pending, as the log says: the coordinator retries, and
-            // must find them here to complete them.
-            self.restore_offsets(group_id, replaced);
             if let Some(entry) = self.groups.borrow_mut().get_mut(group_id) {
-                entry.pending.insert(producer_id, pending);
+                for c in undo.iter().rev() {
+                    entry.apply(c);
+                }
             }
         }
         result
@@ -552,6 +575,15 @@ impl GroupCoordinator {
                     committed: None,
                 })
                 .collect();
+            changes.extend(e.pending.iter().flat_map(|(pid, parts)| {
+                parts.keys().map(move |(t, p)| Change::Pending {
+                    group: group_id.to_string(),
+                    producer_id: *pid,
+                    topic: t.clone(),
+                    partition: *p,
+                    committed: None,
+                })
+            }));
             changes.push(Change::Group {
                 group: group_id.to_string(),
                 record: None,
@@ -585,7 +617,7 @@ impl GroupCoordinator {
                     continue;
                 }
                 codes.push(0);
-                if e.offsets.remove(&(t.clone(), *p)).is_some() {
+                if e.offsets.contains_key(&(t.clone(), *p)) {
                     changes.push(Change::Offset {
                         group: group_id.to_string(),
                         topic: t.clone(),
@@ -596,7 +628,7 @@ impl GroupCoordinator {
             }
             (codes, changes)
         };
-        match self.write(group_id, changes).await {
+        match self.write_offsets(group_id, changes).await {
             Ok(()) => (0, codes),
             Err(e) => (storage_error_code("delete offsets", &e), codes),
         }
@@ -624,9 +656,9 @@ impl GroupCoordinator {
     /// Forgets committed offsets of topics that no longer exist.
     pub async fn purge_deleted_topics(&self, metadata: &ClusterMetadata) {
         let doomed: Vec<(String, Vec<Change>)> = {
-            let mut groups = self.groups.borrow_mut();
+            let groups = self.groups.borrow();
             groups
-                .iter_mut()
+                .iter()
                 .filter_map(|(id, e)| {
                     let gone: Vec<(String, i32)> = e
                         .offsets
@@ -639,14 +671,11 @@ impl GroupCoordinator {
                     }
                     let changes = gone
                         .into_iter()
-                        .map(|(t, p)| {
-                            e.offsets.remove(&(t.clone(), p));
-                            Change::Offset {
-                                group: id.clone(),
-                                topic: t,
-                                partition: p,
-                                committed: None,
-                            }
+                        .map(|(t, p)| Change::Offset {
+                            group: id.clone(),
+                            topic: t,
+                            partition: p,
+                            committed: None,
                         })
                         .collect();
                     Some((id.clone(), changes))
@@ -654,7 +683,7 @@ impl GroupCoordinator {
                 .collect()
         };
         for (id, changes) in doomed {
-            if let Err(e) = self.write(&id, changes).await {
+            if let Err(e) = self.write_offsets(&id, changes).await {
                 storage_error_code("purge offsets of deleted topics", &e);
             }
         }
