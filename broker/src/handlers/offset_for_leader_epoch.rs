@@ -23,8 +23,9 @@ pub const LEADER_EPOCH: i32 = 0;
 const UNDEFINED_EPOCH: i32 = -1;
 const UNDEFINED_EPOCH_OFFSET: i64 = -1;
 
-/// One partition asked about: its place in the response and the question.
-type Ask = ((usize, usize), String, i32, i32);
+/// One partition asked about (epoch `LEADER_EPOCH`): its place in the
+/// response, the topic and the partition.
+type Ask = ((usize, usize), String, i32);
 
 pub async fn handle(shard: &Rc<Shard>, request: OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
     let metadata = shard.metadata();
@@ -47,7 +48,6 @@ pub async fn handle(shard: &Rc<Shard>, request: OffsetForLeaderEpochRequest) -> 
                             (ti, pi),
                             t.name.clone(),
                             p.partition,
-                            p.leader_epoch,
                         ));
                     }
                 }
@@ -60,17 +60,28 @@ pub async fn handle(shard: &Rc<Shard>, request: OffsetForLeaderEpochRequest) -> 
     let calls: Vec<_> = by_owner
         .into_iter()
         .map(|(owner, asks)| {
-            shard.invoke_on(owner, move |s| async move {
+            let slots: Vec<(usize, usize)> = asks.iter().map(|(slot, _, _)| *slot).collect();
+            let call = shard.invoke_on(owner, move |s| async move {
                 asks.into_iter()
-                    .map(|(slot, topic, partition, _)| match s.partition(&topic, partition) {
+                    .map(|(slot, topic, partition)| match s.partition(&topic, partition) {
                         Some(p) => (slot, 0, p.log.end_offset().0),
                         None => (slot, ResponseError::NotLeaderOrFollower.code(), UNDEFINED_EPOCH_OFFSET),
                     })
                     .collect::<Vec<_>>()
-            })
+            });
+            async move {
+                // An owner gone (the broker stopping) is not "no such
+                // epoch", which clients would read as a truncated log.
+                call.await.unwrap_or_else(|_| {
+                    slots
+                        .into_iter()
+                        .map(|slot| (slot, ResponseError::NotLeaderOrFollower.code(), UNDEFINED_EPOCH_OFFSET))
+                        .collect()
+                })
+            }
         })
         .collect();
-    for answers in join_bounded(calls, shard.count).await.into_iter().flatten() {
+    for answers in join_bounded(calls, shard.count).await {
         for ((ti, pi), error_code, end_offset) in answers {
             let p = &mut response.topics[ti].partitions[pi];
             p.error_code = error_code;
