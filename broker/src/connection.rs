@@ -39,8 +39,10 @@ use crate::handlers::{self, Outcome};
 use crate::runtime;
 use crate::shard::Shard;
 
-/// Most bytes read from the socket at a time.
-const READ_CHUNK_BYTES: usize = 256 << 10;
+/// Most bytes read from the socket at a time. Small requests are split off
+/// a buffer of this size and may be kept (in the batch cache) as slices of
+/// it, so it is kept modest; a large frame gets room of its own size.
+const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Free room below which the read buffer grows before a read.
 const READ_ROOM_MIN_BYTES: usize = 16 << 10;
 
@@ -91,13 +93,13 @@ async fn read_requests(
     // Frames are read straight into this buffer and split off it, so a
     // request's bytes are never copied in user space: a large frame's room
     // is reserved whole once its size is known.
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut buf = ReadBuffer::new(READ_CHUNK_BYTES);
     // Budget taken for the frame being read, before its body arrives.
     let mut reserved: Option<(usize, StaticPermit)> = None;
     loop {
         // Dispatch every whole frame in the buffer.
         loop {
-            let size = match frame_size(&buf, max) {
+            let size = match frame_size(&buf.bytes, max) {
                 Ok(Some(size)) => size,
                 Ok(None) => break,
                 Err(e @ FrameError::NegativeSize(_)) | Err(e @ FrameError::TooLarge { .. }) => {
@@ -112,8 +114,8 @@ async fn read_requests(
                 };
                 reserved = Some((size, permit));
             }
-            let Ok(Some(frame)) = split_frame(&mut buf, max) else {
-                buf.reserve(SIZE_PREFIX_BYTES + size - buf.len());
+            let Ok(Some(frame)) = split_frame(&mut buf.bytes, max) else {
+                buf.reserve(SIZE_PREFIX_BYTES + size - buf.bytes.len());
                 break;
             };
             let (_, budget) = reserved.take().expect("budget was reserved above");
@@ -124,13 +126,11 @@ async fn read_requests(
         if shard.is_stopping() {
             return ReadEnd::Stopping;
         }
-        if buf.capacity() - buf.len() < READ_ROOM_MIN_BYTES {
+        if buf.bytes.capacity() - buf.bytes.len() < READ_ROOM_MIN_BYTES {
             buf.reserve(READ_CHUNK_BYTES);
         }
-        let start = buf.len();
-        let room = (buf.capacity() - start).min(READ_CHUNK_BYTES);
-        buf.resize(start + room, 0);
-        let read = futures_lite::future::or(async { Some(reader.read(&mut buf[start..]).await) }, async {
+        let room = buf.room(READ_CHUNK_BYTES);
+        let read = futures_lite::future::or(async { Some(reader.read(room).await) }, async {
             futures_lite::future::or(shard.stopped(), async {
                 while !writer_gone.0.get() {
                     writer_gone.1.listen().await;
@@ -140,11 +140,10 @@ async fn read_requests(
             None
         })
         .await;
-        let n = match &read {
+        buf.filled(match &read {
             Some(Ok(n)) => *n,
             _ => 0,
-        };
-        buf.truncate(start + n);
+        });
         match read {
             None if writer_gone.0.get() => return ReadEnd::WriterGone,
             None => return ReadEnd::Stopping,
@@ -152,6 +151,69 @@ async fn read_requests(
             Some(Ok(_)) => {}
             Some(Err(e)) => return ReadEnd::Lost(e),
         }
+    }
+}
+
+/// The reader's buffer: frames are split off its front, the socket reads
+/// into the room after its end. That room must be initialized memory to
+/// read into; zeroing it for every read would cost a pass over every byte
+/// received, so the buffer remembers how much past its end is initialized
+/// already (zeroed or read into earlier, never handed out), as long as the
+/// allocation stays the same.
+struct ReadBuffer {
+    bytes: BytesMut,
+    /// Bytes past `bytes.len()` that are initialized.
+    initialized: usize,
+    /// Bytes of the room handed out by `room`, awaiting `filled`.
+    lent: usize,
+}
+
+impl ReadBuffer {
+    fn new(capacity: usize) -> ReadBuffer {
+        ReadBuffer {
+            bytes: BytesMut::with_capacity(capacity),
+            initialized: 0,
+            lent: 0,
+        }
+    }
+
+    fn spare_start(&self) -> usize {
+        self.bytes.as_ptr() as usize + self.bytes.len()
+    }
+
+    /// Makes room for `additional` bytes after the end.
+    fn reserve(&mut self, additional: usize) {
+        let before = self.spare_start();
+        self.bytes.reserve(additional);
+        if self.spare_start() != before {
+            // Moved: what follows the end is new memory.
+            self.initialized = 0;
+        }
+    }
+
+    /// Up to `most` bytes of room after the end, to read into.
+    fn room(&mut self, most: usize) -> &mut [u8] {
+        let start = self.bytes.len();
+        let room = (self.bytes.capacity() - start).min(most);
+        let known = self.initialized.min(room);
+        // SAFETY: the `known` bytes after the end are within capacity and
+        // initialized (see `initialized`), so they may become part of the
+        // buffer as they are; `resize` zeroes the rest.
+        unsafe { self.bytes.set_len(start + known) };
+        self.bytes.resize(start + room, 0);
+        self.initialized = self.initialized.max(room);
+        self.lent = room;
+        &mut self.bytes[start..]
+    }
+
+    /// Keeps the first `n` bytes of the room last lent; the rest stays
+    /// initialized room.
+    fn filled(&mut self, n: usize) {
+        assert!(n <= self.lent);
+        let start = self.bytes.len() - self.lent;
+        self.bytes.truncate(start + n);
+        self.initialized -= n;
+        self.lent = 0;
     }
 }
 
@@ -233,4 +295,41 @@ async fn write_responses(
     let _ = writer.close().await;
     gone.0.set(true);
     gone.1.notify_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_room_is_zeroed_once_and_frames_split_off_the_front() {
+        let mut buf = ReadBuffer::new(64);
+        let room = buf.room(16);
+        assert_eq!(room, &[0u8; 16][..]);
+        room[..6].copy_from_slice(b"abcdef");
+        room[6..10].copy_from_slice(b"XXXX");
+        buf.filled(6);
+        assert_eq!(&buf.bytes[..], b"abcdef");
+        assert_eq!(buf.initialized, 10);
+        // What a read left past the end is reused as it is, not zeroed.
+        let room = buf.room(8);
+        assert_eq!(&room[..4], b"XXXX");
+        assert_eq!(&room[4..], &[0u8; 4][..]);
+        room[..2].copy_from_slice(b"gh");
+        buf.filled(2);
+        let frame = buf.bytes.split_to(3).freeze();
+        assert_eq!(&frame[..], b"abc");
+        assert_eq!(&buf.bytes[..], b"defgh");
+        // Splitting the front keeps the room after the end.
+        assert_eq!(buf.initialized, 8);
+        // A reserve that moves the data starts from new memory.
+        drop(frame);
+        buf.reserve(1 << 20);
+        assert_eq!(buf.initialized, 0);
+        assert_eq!(&buf.bytes[..], b"defgh");
+        let room = buf.room(4);
+        assert_eq!(room, &[0u8; 4][..]);
+        buf.filled(0);
+        assert_eq!(&buf.bytes[..], b"defgh");
+    }
 }
