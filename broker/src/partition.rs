@@ -73,8 +73,9 @@ pub struct Partition {
     fs: DmaFileSystem,
     dir: PathBuf,
     producers: RefCell<ProducerStates>,
-    /// Producer checks and the append they guard run one at a time, so a
-    /// producer's pipelined batches see each other's effects in order.
+    /// Appends run one at a time, in arrival order: a producer's pipelined
+    /// batches see each other's effects, and no batch overtakes one that
+    /// waits for room.
     append_lock: LocalMutex,
     producer_batches_since_snapshot: Cell<u64>,
     bytes_since_snapshot: Cell<u64>,
@@ -136,6 +137,10 @@ impl Partition {
             return Err(AppendError::Rejected(ResponseError::InvalidRecord));
         }
         let batch_bytes = batch.len() as u64;
+        // Every append takes the lock (FIFO): one waiting for room in a full
+        // write buffer keeps its place, so a connection's batches to this
+        // partition land in the order its requests came.
+        let _guard = self.append_lock.lock().await;
         if header.producer_id < 0 {
             let info = self
                 .log
@@ -149,7 +154,6 @@ impl Partition {
                 duplicate: false,
             });
         }
-        let _guard = self.append_lock.lock().await;
         let verdict = self.producers.borrow().check(&header);
         match verdict {
             Verdict::Reject(e) => Err(AppendError::Rejected(e)),
