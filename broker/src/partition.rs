@@ -316,6 +316,7 @@ async fn load_producer_state(
         match serde_json::from_slice::<ProducerSnapshot>(&bytes[..end]) {
             Ok(s) if s.format == PRODUCER_SNAPSHOT_FORMAT && s.next_offset <= log.durable_offset().0 => {
                 state = s.state;
+                state.reindex();
                 from = from.max(Offset(s.next_offset));
             }
             _ => warn!(path = %path.display(), "producer snapshot unusable: rebuilding from the whole log"),
