@@ -5,8 +5,9 @@
 //! Entries are evicted (about) oldest-appended first once `bytes_max` is
 //! passed. Insertion and eviction are O(1); a lookup is a binary search in
 //! one log's entries.
-//! Cached batches are the exact stored payloads (base offset assigned), so a
-//! hit is served with no copy.
+//! Cached batches are the producer's bytes as received, with their assigned
+//! base offset and epoch beside them (see `ServedBatch`), so a hit is served
+//! with no copy.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -33,6 +34,8 @@ struct Cached {
 struct CacheState {
     bytes_max: usize,
     bytes: usize,
+    /// Batches cached, over all logs.
+    live: usize,
     /// Each log's cached batches in offset order (appends only grow a log,
     /// so this is also the order they came in). Indexed by `CacheLogId`.
     logs: Vec<Option<VecDeque<Cached>>>,
@@ -42,8 +45,6 @@ struct CacheState {
     /// log's oldest remaining batch, or nothing, which keeps it approximate
     /// FIFO and the byte count exact.
     order: VecDeque<CacheLogId>,
-    hits: u64,
-    misses: u64,
 }
 
 impl CacheState {
@@ -67,10 +68,9 @@ impl BatchCache {
             state: Rc::new(RefCell::new(CacheState {
                 bytes_max,
                 bytes: 0,
+                live: 0,
                 logs: Vec::new(),
                 order: VecDeque::new(),
-                hits: 0,
-                misses: 0,
             })),
         }
     }
@@ -86,6 +86,7 @@ impl BatchCache {
         let mut st = self.state.borrow_mut();
         if let Some(entries) = st.logs[log.0 as usize].take() {
             st.bytes -= entries.iter().map(|c| c.batch.len()).sum::<usize>();
+            st.live -= entries.len();
         }
     }
 
@@ -99,6 +100,7 @@ impl BatchCache {
         }
         let last = base.0 + i64::from(last_offset_delta(&batch));
         st.bytes += batch.len();
+        st.live += 1;
         let entries = st.entries(log);
         assert!(
             entries.back().is_none_or(|c| c.last < base.0),
@@ -116,12 +118,12 @@ impl BatchCache {
             let evicted = st.logs[victim.0 as usize].as_mut().and_then(|e| e.pop_front());
             if let Some(c) = evicted {
                 st.bytes -= c.batch.len();
+                st.live -= 1;
             }
         }
         // Names of logs whose batches left by truncation or unregistering
         // linger in `order`; keep it from outgrowing the entries.
-        let live: usize = st.logs.iter().flatten().map(|e| e.len()).sum::<usize>();
-        if st.order.len() > 2 * live + 1024 {
+        if st.order.len() > 2 * st.live + 1024 {
             let CacheState { order, logs, .. } = &mut *st;
             order.retain(|id| logs[id.0 as usize].is_some());
         }
@@ -155,11 +157,6 @@ impl BatchCache {
             out.push(ServedBatch::new(Offset(c.base), c.leader_epoch, c.batch.clone()));
             next = c.last + 1;
         }
-        if out.is_empty() {
-            st.misses += 1;
-        } else {
-            st.hits += 1;
-        }
         out
     }
 
@@ -167,32 +164,30 @@ impl BatchCache {
     pub fn remove_from(&self, log: CacheLogId, from: Offset) {
         let mut st = self.state.borrow_mut();
         let entries = st.entries(log);
-        let mut freed = 0;
-        while entries.back().is_some_and(|c| c.last >= from.0) {
-            freed += entries.pop_back().map_or(0, |c| c.batch.len());
+        let (mut freed, mut count) = (0, 0);
+        while let Some(c) = entries.pop_back_if(|c| c.last >= from.0) {
+            freed += c.batch.len();
+            count += 1;
         }
         st.bytes -= freed;
+        st.live -= count;
     }
 
     /// Forgets `log`'s batches wholly below `below` (retention).
     pub fn remove_below(&self, log: CacheLogId, below: Offset) {
         let mut st = self.state.borrow_mut();
         let entries = st.entries(log);
-        let mut freed = 0;
-        while entries.front().is_some_and(|c| c.last < below.0) {
-            freed += entries.pop_front().map_or(0, |c| c.batch.len());
+        let (mut freed, mut count) = (0, 0);
+        while let Some(c) = entries.pop_front_if(|c| c.last < below.0) {
+            freed += c.batch.len();
+            count += 1;
         }
         st.bytes -= freed;
+        st.live -= count;
     }
 
     pub fn bytes(&self) -> usize {
         self.state.borrow().bytes
-    }
-
-    /// (hits, misses) since creation.
-    pub fn hit_counts(&self) -> (u64, u64) {
-        let st = self.state.borrow();
-        (st.hits, st.misses)
     }
 }
 

@@ -58,7 +58,9 @@ pub enum FrameError {
 impl FrameHeader {
     /// The header for a batch whose base offset has been assigned; the
     /// payload is `head` followed by `rest` (see [`crate::served`]).
-    pub fn for_batch(batch: &BatchHeader, head: &[u8], rest: &[u8]) -> FrameHeader {
+    /// The header of a batch's frame, and its archived bytes (serialized
+    /// once: the CRC, last, is patched in place).
+    pub fn for_batch(batch: &BatchHeader, head: &[u8], rest: &[u8]) -> (FrameHeader, [u8; FRAME_HEADER_BYTES]) {
         let payload_bytes = head.len() + rest.len();
         assert_eq!(batch.batch_bytes, payload_bytes);
         let mut header = FrameHeader {
@@ -76,7 +78,13 @@ impl FrameHeader {
         let mut bytes = [0u8; FRAME_HEADER_BYTES];
         header.write_to(&mut bytes);
         header.crc = frame_crc(&bytes, &[head, rest]);
-        header
+        bytes[CRC_COVERED_HEADER_BYTES..].copy_from_slice(&header.crc.to_le_bytes());
+        debug_assert!({
+            let mut again = [0u8; FRAME_HEADER_BYTES];
+            header.write_to(&mut again);
+            again == bytes
+        });
+        (header, bytes)
     }
 
     /// Archives the header into exactly [`FRAME_HEADER_BYTES`] bytes.
@@ -177,7 +185,7 @@ mod tests {
     fn frame(base: i64) -> Vec<u8> {
         let mut batch = build_batch(4, 16, 1_000);
         set_base_offset(&mut batch, Offset(base));
-        let header = FrameHeader::for_batch(&BatchHeader::parse(&batch).unwrap(), &batch[..16], &batch[16..]);
+        let (header, _) = FrameHeader::for_batch(&BatchHeader::parse(&batch).unwrap(), &batch[..16], &batch[16..]);
         let mut bytes = [0u8; FRAME_HEADER_BYTES];
         header.write_to(&mut bytes);
         let mut out = bytes.to_vec();

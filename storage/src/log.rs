@@ -12,7 +12,8 @@
 //! whoever holds it syncs everything appended so far, so the waiters behind
 //! it usually find their offset durable when their turn comes.
 //!
-//! Invariants (checked by `check_invariants` in tests and debug builds):
+//! Invariants (checked by `check_invariants` in tests, and after open and
+//! truncation):
 //! - `start_offset <= durable_offset <= end_offset`;
 //! - segments are contiguous: each segment's `next_offset` is the next
 //!   segment's base; the last segment is the active one;
@@ -494,9 +495,7 @@ impl<S: FileSystem> Log<S> {
         let served = ServedBatch::new(base, leader_epoch, batch);
         let head = served.head();
         let rest = &served.raw()[ASSIGNED_HEAD_BYTES..];
-        let frame = FrameHeader::for_batch(&header, &head, rest);
-        let mut frame_bytes = [0u8; FRAME_HEADER_BYTES];
-        frame.write_to(&mut frame_bytes);
+        let (frame, frame_bytes) = FrameHeader::for_batch(&header, &head, rest);
 
         let State { segments, writer, .. } = st;
         let active = segments.values_mut().next_back().expect("active segment");
