@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
-use sluice_protocol::frame::split_frame;
+use sluice_protocol::frame::{SIZE_PREFIX_BYTES, frame_size, split_frame};
 use sluice_protocol::kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
 use sluice_protocol::kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -256,6 +256,11 @@ async fn read_responses(mut reader: ReadHalf<TcpStream>, shared: &Shared) -> any
     loop {
         while let Some(frame) = split_frame(&mut buf, RESPONSE_BYTES_MAX)? {
             deliver(shared, frame.freeze())?;
+        }
+        // Room for a large response whole, once its size is known, rather
+        // than growing (and copying) the buffer as it arrives.
+        if let Ok(Some(size)) = frame_size(&buf, RESPONSE_BYTES_MAX) {
+            buf.reserve((SIZE_PREFIX_BYTES + size).saturating_sub(buf.len()));
         }
         let n = reader.read(&mut chunk).await.context("reading from the broker")?;
         if n == 0 {

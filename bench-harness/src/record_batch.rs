@@ -12,9 +12,9 @@
 //! i32, record_count i32, then the records, each varint-framed.
 
 use bytes::Bytes;
+pub use sluice_storage::batch::BATCH_HEADER_BYTES;
+use sluice_storage::batch::{ATTR_COMPRESSION_MASK, ATTR_CONTROL, MAGIC_V2, write_crc};
 
-/// The fixed batch header; records follow it.
-pub const BATCH_HEADER_BYTES: usize = 61;
 /// Bytes at the front of each value that hold the stamp.
 pub const STAMP_BYTES: usize = 8;
 /// A record's framing around its value, at most: length, attributes, two
@@ -22,12 +22,8 @@ pub const STAMP_BYTES: usize = 8;
 pub const RECORD_OVERHEAD_BYTES_MAX: usize = 5 + 1 + 10 + 5 + 1 + 5 + 1;
 
 const BATCH_LENGTH_END: usize = 12;
-const MAGIC_V2: u8 = 2;
 const MAGIC_AT: usize = 16;
-const CRC_AT: usize = 17;
 const ATTRIBUTES_AT: usize = 21;
-const COMPRESSION_MASK: i16 = 0x07;
-const CONTROL_BIT: i16 = 0x20;
 /// Filler for the rest of each value: not zeros, so that a broker or disk
 /// that special-cases zero pages is not flattered.
 const VALUE_FILL_BYTE: u8 = 0x5a;
@@ -115,7 +111,7 @@ impl BatchBuilder {
         b[0..8].copy_from_slice(&0i64.to_be_bytes());
         b[8..12].copy_from_slice(&((total - BATCH_LENGTH_END) as i32).to_be_bytes());
         b[12..16].copy_from_slice(&(-1i32).to_be_bytes()); // leader epoch: the broker's to set
-        b[MAGIC_AT] = MAGIC_V2;
+        b[MAGIC_AT] = MAGIC_V2 as u8;
         b[ATTRIBUTES_AT..23].copy_from_slice(&0i16.to_be_bytes());
         b[23..27].copy_from_slice(&(self.record_count - 1).to_be_bytes());
         b[27..35].copy_from_slice(&self.base_timestamp_ms.to_be_bytes());
@@ -124,8 +120,7 @@ impl BatchBuilder {
         b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
         b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
         b[57..61].copy_from_slice(&self.record_count.to_be_bytes());
-        let crc = crc32c::crc32c(&b[ATTRIBUTES_AT..]);
-        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        write_crc(b);
         let capacity = b.capacity();
         let done = std::mem::replace(b, Vec::with_capacity(capacity));
         self.bytes.resize(BATCH_HEADER_BYTES, 0);
@@ -174,7 +169,7 @@ pub fn read_batches(records: &[u8], mut on_stamp: impl FnMut(u64)) -> Result<Rea
         let end = pos + total as usize;
         let batch = &records[pos..end];
         let magic = batch[MAGIC_AT] as i8;
-        if magic != MAGIC_V2 as i8 {
+        if magic != MAGIC_V2 {
             return Err(ReadError::UnsupportedMagic(magic));
         }
         let attributes = be_i16(batch, ATTRIBUTES_AT);
@@ -183,9 +178,9 @@ pub fn read_batches(records: &[u8], mut on_stamp: impl FnMut(u64)) -> Result<Rea
         let record_count = be_i32(batch, 57).max(0) as u64;
         summary.next_offset = Some(base_offset + i64::from(last_offset_delta) + 1);
         summary.batch_bytes += total as u64;
-        if attributes & CONTROL_BIT == 0 {
+        if attributes & ATTR_CONTROL == 0 {
             summary.record_count += record_count;
-            if attributes & COMPRESSION_MASK == 0 {
+            if attributes & ATTR_COMPRESSION_MASK == 0 {
                 summary.value_bytes += read_stamps(batch, record_count, pos, &mut on_stamp)?;
             } else {
                 summary.value_bytes += total as u64;

@@ -269,7 +269,7 @@ pub(crate) async fn raw_sync_latency(
 /// A batch of one record whose encoded size is `batch_bytes`.
 fn batch_of(batch_bytes: usize) -> Bytes {
     // Record overhead around the value is 8 bytes for these sizes.
-    let mut value = batch_bytes.saturating_sub(61 + 8);
+    let mut value = batch_bytes.saturating_sub(sluice_storage::batch::BATCH_HEADER_BYTES + 8);
     loop {
         let b = build_batch(1, value, now_ms());
         if b.len() <= batch_bytes || value == 0 {
