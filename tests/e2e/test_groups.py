@@ -396,3 +396,46 @@ def test_offsets_of_a_deleted_topic_are_cleaned_up(broker):
     broker.restart(kill=True)
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     assert committed() == {("kept", 0): 7}
+
+
+def test_offset_delete_forgets_the_asked_partitions_only(broker):
+    """OffsetDelete v0 (neither client's admin API has it: kafka-python's
+    protocol classes, defined here)."""
+    from kafka.protocol.api import Request, Response
+    from kafka.protocol.types import Array, Int16, Int32, Schema, String
+
+    from kafka_helpers import admin_request
+
+    class OffsetDeleteResponse_v0(Response):
+        API_KEY = 47
+        API_VERSION = 0
+        SCHEMA = Schema(
+            ("error_code", Int16),
+            ("throttle_time_ms", Int32),
+            ("topics", Array(("name", String("utf-8")), ("partitions", Array(("partition_index", Int32), ("error_code", Int16))))),
+        )
+
+    class OffsetDeleteRequest_v0(Request):
+        API_KEY = 47
+        API_VERSION = 0
+        RESPONSE_TYPE = OffsetDeleteResponse_v0
+        SCHEMA = Schema(
+            ("group_id", String("utf-8")),
+            # A partition is a struct of one int32: on the wire, an int32.
+            ("topics", Array(("name", String("utf-8")), ("partitions", Array(Int32)))),
+        )
+
+    topic, group = "offset-delete", "offset-delete-group"
+    create_topic(broker.bootstrap, topic, 2)
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, 0, 5), TopicPartition(topic, 1, 7)], asynchronous=False)
+        response = admin_request(broker.bootstrap, OffsetDeleteRequest_v0(group_id=group, topics=[(topic, [0])]))
+        assert response.error_code == 0
+        assert [(t, [tuple(p) for p in ps]) for t, ps in response.topics] == [(topic, [(0, 0)])]
+        left = consumer.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=30)
+        assert [tp.offset for tp in left] == [-1001, 7]  # OFFSET_INVALID: none committed
+    finally:
+        consumer.close()
+    unknown = admin_request(broker.bootstrap, OffsetDeleteRequest_v0(group_id="no-such-group", topics=[(topic, [0])]))
+    assert unknown.error_code == 69  # GROUP_ID_NOT_FOUND

@@ -20,8 +20,9 @@ macro_rules! commit_parts {
     };
 }
 
-/// The response topics of an OffsetCommit or TxnOffsetCommit: each
-/// requested partition with its code from `codes`, in request order.
+/// The response topics of an OffsetCommit, TxnOffsetCommit or
+/// OffsetDelete: each requested partition with its code from `codes` (one
+/// per partition), in request order.
 macro_rules! commit_response_topics {
     ($topics:expr, $codes:expr, $topic:ty, $partition:ty) => {{
         let mut codes = $codes.into_iter();

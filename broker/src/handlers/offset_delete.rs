@@ -26,25 +26,12 @@ pub async fn handle(shard: &Rc<Shard>, request: OffsetDeleteRequest) -> OffsetDe
     })
     .await
     .unwrap_or((ResponseError::CoordinatorNotAvailable.code(), vec![0; count]));
-    let mut codes = codes.into_iter();
-    let topics = request
-        .topics
-        .into_iter()
-        .map(|t| {
-            let partitions = t
-                .partitions
-                .iter()
-                .map(|p| {
-                    OffsetDeleteResponsePartition::default()
-                        .with_partition_index(p.partition_index)
-                        .with_error_code(codes.next().unwrap_or(0))
-                })
-                .collect();
-            OffsetDeleteResponseTopic::default()
-                .with_name(t.name)
-                .with_partitions(partitions)
-        })
-        .collect();
+    let topics = commit_response_topics!(
+        request.topics,
+        codes,
+        OffsetDeleteResponseTopic,
+        OffsetDeleteResponsePartition
+    );
     OffsetDeleteResponse::default()
         .with_error_code(error)
         .with_topics(topics)
