@@ -89,6 +89,7 @@ impl KvLog {
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         let mut map = KvMap::new();
         let mut from = log.start_offset();
+        let mut stale_snapshot = false;
         if let Some(bytes) = read_file(fs, &snapshot_path)
             .await
             .map_err(|e| StorageError::io("read snapshot", &snapshot_path, e))?
@@ -98,6 +99,13 @@ impl KvLog {
                 Ok(s) if s.format == SNAPSHOT_FORMAT => {
                     map = s.entries;
                     from = from.max(Offset(s.next_offset));
+                    // Recovery cut the log below the snapshot (a corrupt
+                    // tail): new records will take offsets the snapshot
+                    // claims to cover, so it is rewritten as of the end.
+                    if s.next_offset > log.durable_offset().0 {
+                        warn!(path = %snapshot_path.display(), "log ends before its snapshot: rewriting the snapshot");
+                        stale_snapshot = true;
+                    }
                 }
                 _ => warn!(path = %snapshot_path.display(), "snapshot unreadable: replaying the whole log"),
             }
@@ -127,6 +135,9 @@ impl KvLog {
             snapshots_written: Cell::new(0),
             replayed_on_open: replayed,
         });
+        if stale_snapshot {
+            kv.snapshot(map.clone(), kv.log.end_offset()).await?;
+        }
         // Keeps appended records flowing to the disk until the log closes.
         let flusher = kv.clone();
         crate::runtime::spawn_detached(async move {
@@ -282,8 +293,44 @@ mod tests {
 }
 
 #[cfg(test)]
-mod concurrent_tests {
+mod recovery_tests {
     use super::*;
+
+    /// A log cut below its snapshot (as recovery cuts a corrupt tail): the
+    /// snapshot is rewritten on open, so what is appended next is replayed
+    /// on the open after.
+    #[test]
+    fn a_log_cut_below_its_snapshot_loses_no_later_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("kv");
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let fs = DmaFileSystem::new();
+                let cache = BatchCache::new(1 << 20);
+                let interval = 16 << 20; // no automatic snapshot in this test
+                let (kv, _) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
+                for i in 0..10 {
+                    let end = kv.append(&[(format!("k{i}"), Some("v".into()))], 0).await.unwrap();
+                    kv.wait_durable(end).await.unwrap();
+                }
+                let map = kv.map.borrow().clone();
+                kv.snapshot(map, kv.log.end_offset()).await.unwrap();
+                // The log loses its last records but the snapshot stays.
+                kv.log.truncate_to(Offset(4)).await.unwrap();
+                kv.log.close().await.unwrap();
+                let (kv, loaded) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
+                assert_eq!(loaded.len(), 10, "the snapshot still holds every key");
+                let end = kv.append(&[("after".into(), Some("cut".into()))], 0).await.unwrap();
+                kv.wait_durable(end).await.unwrap();
+                kv.log.close().await.unwrap();
+                let (_, loaded) = KvLog::open(&fs, &cache, dir, interval, 0).await.unwrap();
+                assert_eq!(loaded.get("after").map(String::as_str), Some("cut"));
+                assert_eq!(loaded.len(), 11);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 
     /// Appends from many tasks at once, snapshots starting in between: a
     /// snapshot is the map as of its offset exactly, so a reopen finds
