@@ -17,6 +17,7 @@ mod server;
 mod shard;
 mod topic_config;
 mod txn;
+mod watchdog;
 
 use tracing_subscriber::EnvFilter;
 

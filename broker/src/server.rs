@@ -32,6 +32,7 @@ use crate::controller;
 use crate::metadata::{ClusterMetadata, MetadataFile, metadata_path, new_cluster_id};
 use crate::runtime;
 use crate::shard::{MESH_CHANNEL_CAPACITY, Shard, ShardTask};
+use crate::watchdog::{self, Watchdog};
 
 /// glommio's registered DMA memory per shard: sized for a few partitions'
 /// write buffers in flight; beyond it buffers come from the heap.
@@ -89,7 +90,10 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let mut stops = Vec::new();
     let mut handles = Vec::new();
     let (stop_cause_tx, stop_cause_rx) = std::sync::mpsc::channel::<StopCause>();
-    for (index, cpu) in config.shard_cpus.iter().copied().enumerate() {
+    let (watchdog, ping_receivers) =
+        Watchdog::start(config.shard_count(), watchdog::PING_INTERVAL, watchdog::STALL_REPORT_AFTER)
+            .context("starting the watchdog")?;
+    for ((index, cpu), pings) in config.shard_cpus.iter().copied().enumerate().zip(ping_receivers) {
         let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<()>();
         stops.push(stop_tx);
         let config = config.clone();
@@ -101,6 +105,7 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
             .name(&format!("shard-{index}"))
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || async move {
+                let _pings = pings.serve();
                 // The others stop too when this shard fails or panics: a
                 // broker missing a shard cannot serve its partitions.
                 let mut guard = FailureReport(Some((failed, index)));
@@ -155,6 +160,11 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
             }
         }
     }
+    let stalls = watchdog.stalls_reported();
+    if stalls > 0 {
+        warn!(stalls, "shards stalled during this run: see the watchdog's warnings");
+    }
+    drop(watchdog);
     drop(lock);
     if failed {
         anyhow::bail!("a shard failed");
