@@ -70,7 +70,7 @@ class Broker:
             if self._accepting():
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"sluice did not start listening:\n{self.log_tail()}")
+        raise RuntimeError(f"sluice did not start listening:\n{self.log_tail()}\n{self.thread_dump()}")
 
     def _accepting(self):
         # Every shard binds the port only once metadata is applied; a
@@ -111,6 +111,32 @@ class Broker:
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def thread_dump(self):
+        """Where each thread of a stuck broker is: its kernel state from
+        /proc, and its stack from gdb when gdb is installed."""
+        if self.proc is None or self.proc.poll() is not None:
+            return "(not running)"
+        out = []
+        task_dir = Path(f"/proc/{self.proc.pid}/task")
+        for task in sorted(task_dir.iterdir(), key=lambda p: int(p.name)):
+            fields = {}
+            for name in ("comm", "wchan", "syscall"):
+                try:
+                    fields[name] = (task / name).read_text(errors="replace").strip()
+                except OSError as e:
+                    fields[name] = f"? ({e.strerror})"
+            out.append(f"thread {task.name} {fields['comm']}: wchan={fields['wchan']} syscall={fields['syscall']}")
+        if shutil.which("gdb"):
+            try:
+                bt = subprocess.run(
+                    ["gdb", "-p", str(self.proc.pid), "-batch", "-ex", "thread apply all bt"],
+                    capture_output=True, text=True, timeout=60,
+                )
+                out.append(bt.stdout[-20000:])
+            except subprocess.TimeoutExpired:
+                out.append("(gdb timed out)")
+        return "\n".join(out)
 
     def log_tail(self, lines=60):
         try:
