@@ -18,6 +18,8 @@ pub const FRAME_VERSION: u16 = 1;
 pub const FRAME_HEADER_BYTES: usize = 48;
 /// Bytes of the header covered by the CRC (everything before the CRC field).
 const CRC_COVERED_HEADER_BYTES: usize = FRAME_HEADER_BYTES - 4;
+/// Where the CRC sits in a frame header's bytes.
+pub const CRC_FIELD: std::ops::Range<usize> = CRC_COVERED_HEADER_BYTES..FRAME_HEADER_BYTES;
 
 #[derive(Archive, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -56,14 +58,28 @@ pub enum FrameError {
 }
 
 impl FrameHeader {
-    /// The header for a batch whose base offset has been assigned; the
-    /// payload is `head` followed by `rest` (see [`crate::served`]).
-    /// The header of a batch's frame, and its archived bytes (serialized
-    /// once: the CRC, last, is patched in place).
+    /// The header of the frame of a batch whose base offset has been
+    /// assigned, and its archived bytes; the payload is `head` followed by
+    /// `rest` (see [`crate::served`]).
     pub fn for_batch(batch: &BatchHeader, head: &[u8], rest: &[u8]) -> (FrameHeader, [u8; FRAME_HEADER_BYTES]) {
-        let payload_bytes = head.len() + rest.len();
-        assert_eq!(batch.batch_bytes, payload_bytes);
-        let mut header = FrameHeader {
+        assert_eq!(batch.batch_bytes, head.len() + rest.len());
+        let (mut header, mut bytes, mut crc) = FrameHeader::begin(batch);
+        crc.update(head);
+        crc.update(rest);
+        header.crc = crc.finalize();
+        bytes[CRC_FIELD].copy_from_slice(&header.crc.to_le_bytes());
+        debug_assert_eq!(header.crc, frame_crc(&bytes, &[head, rest]));
+        (header, bytes)
+    }
+
+    /// The header of a batch's frame with its CRC still zero, its archived
+    /// bytes, and the CRC so far (over the header's covered bytes): the
+    /// caller feeds it the payload, in order, as it copies it (one pass over
+    /// the payload, not two), then puts the result in the [`CRC_FIELD`]
+    /// bytes.
+    pub fn begin(batch: &BatchHeader) -> (FrameHeader, [u8; FRAME_HEADER_BYTES], crc32fast::Hasher) {
+        let payload_bytes = batch.batch_bytes;
+        let header = FrameHeader {
             magic: FRAME_MAGIC,
             version: FRAME_VERSION,
             flags: 0,
@@ -77,14 +93,10 @@ impl FrameHeader {
         };
         let mut bytes = [0u8; FRAME_HEADER_BYTES];
         header.write_to(&mut bytes);
-        header.crc = frame_crc(&bytes, &[head, rest]);
-        bytes[CRC_COVERED_HEADER_BYTES..].copy_from_slice(&header.crc.to_le_bytes());
-        debug_assert!({
-            let mut again = [0u8; FRAME_HEADER_BYTES];
-            header.write_to(&mut again);
-            again == bytes
-        });
-        (header, bytes)
+        debug_assert_eq!(&bytes[CRC_FIELD], &[0; 4], "the CRC is the last field");
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&bytes[..CRC_COVERED_HEADER_BYTES]);
+        (header, bytes, crc)
     }
 
     /// Archives the header into exactly [`FRAME_HEADER_BYTES`] bytes.

@@ -34,7 +34,7 @@ use crate::cache::{BatchCache, CacheLogId};
 use crate::checkpoint::{Checkpoint, SegmentCheckpoint};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
-use crate::frame::{FRAME_HEADER_BYTES, FrameError, FrameHeader};
+use crate::frame::{CRC_FIELD, FRAME_HEADER_BYTES, FrameError, FrameHeader};
 use crate::index::{NewEntries, OFFSET_ENTRY_BYTES, SegmentIndex, TIME_ENTRY_BYTES};
 use crate::io::{FileSystem, StorageFile, align_up, read_file, write_file_atomic};
 use crate::local_sync::{LocalMutex, LocalNotify};
@@ -495,17 +495,21 @@ impl<S: FileSystem> Log<S> {
         let served = ServedBatch::new(base, leader_epoch, batch);
         let head = served.head();
         let rest = &served.raw()[ASSIGNED_HEAD_BYTES..];
-        let (frame, frame_bytes) = FrameHeader::for_batch(&header, &head, rest);
+        let (mut frame, frame_bytes, mut crc) = FrameHeader::begin(&header);
 
         let State { segments, writer, .. } = st;
         let active = segments.values_mut().next_back().expect("active segment");
         let position = active.end;
         let was_idle = writer.log.pending_bytes() == 0;
         {
+            // The payload is checksummed as it is copied; the CRC goes into
+            // the header appended just before it.
             let file = active.file.clone();
             writer.log.append(&file, &frame_bytes);
-            writer.log.append(&file, &head);
-            writer.log.append(&file, rest);
+            writer.log.append_hashed(&file, &head, &mut crc);
+            writer.log.append_hashed(&file, rest, &mut crc);
+            frame.crc = crc.finalize();
+            writer.log.patch(position + CRC_FIELD.start as u64, &frame.crc.to_le_bytes());
         }
         let NewEntries { offset, time } = active.index.add_frame(position, base, header.max_timestamp);
         if let Some(e) = offset {
