@@ -90,9 +90,12 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let mut stops = Vec::new();
     let mut handles = Vec::new();
     let (stop_cause_tx, stop_cause_rx) = std::sync::mpsc::channel::<StopCause>();
-    let (watchdog, ping_receivers) =
-        Watchdog::start(config.shard_count(), watchdog::PING_INTERVAL, watchdog::STALL_REPORT_AFTER)
-            .context("starting the watchdog")?;
+    let (watchdog, ping_receivers) = Watchdog::start(
+        config.shard_count(),
+        watchdog::PING_INTERVAL,
+        watchdog::STALL_REPORT_AFTER,
+    )
+    .context("starting the watchdog")?;
     for ((index, cpu), pings) in config.shard_cpus.iter().copied().enumerate().zip(ping_receivers) {
         let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<()>();
         stops.push(stop_tx);

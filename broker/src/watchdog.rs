@@ -52,9 +52,8 @@ impl PingReceiver {
         let Self { socket, answered } = self;
         // SAFETY: the descriptor is an open, connected Unix stream socket that
         // nothing else owns; glommio's stream takes it over and closes it.
-        let mut stream = unsafe {
-            <glommio::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd())
-        };
+        let mut stream =
+            unsafe { <glommio::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd()) };
         glommio::spawn_local(async move {
             let mut buf = [0u8; 16];
             loop {
@@ -83,7 +82,11 @@ struct Pinged {
 impl Watchdog {
     /// Starts pinging `shards` shards; returns one receiver per shard, in
     /// shard order.
-    pub fn start(shards: usize, interval: Duration, report_after: Duration) -> std::io::Result<(Watchdog, Vec<PingReceiver>)> {
+    pub fn start(
+        shards: usize,
+        interval: Duration,
+        report_after: Duration,
+    ) -> std::io::Result<(Watchdog, Vec<PingReceiver>)> {
         let mut pinged = Vec::with_capacity(shards);
         let mut receivers = Vec::with_capacity(shards);
         for _ in 0..shards {
@@ -169,7 +172,11 @@ fn check(shard: usize, p: &mut Pinged, now: Instant, report_after: Duration) -> 
         if let Some(since) = p.waiting_since.take()
             && p.reported
         {
-            info!(shard, stalled_ms = since.elapsed().as_millis() as u64, "shard answers pings again");
+            info!(
+                shard,
+                stalled_ms = since.elapsed().as_millis() as u64,
+                "shard answers pings again"
+            );
         }
         p.reported = false;
         match (&p.socket).write(&[1]) {
@@ -224,7 +231,9 @@ mod tests {
         let (dog, mut receivers) = Watchdog::start(1, INTERVAL, Duration::from_secs(5)).unwrap();
         let answered = receivers[0].answered.clone();
         // The shard only sleeps: nothing but the pings wakes it.
-        let t = shard(receivers.remove(0), || glommio::timer::sleep(Duration::from_millis(600)));
+        let t = shard(receivers.remove(0), || {
+            glommio::timer::sleep(Duration::from_millis(600))
+        });
         t.join().unwrap();
         assert!(answered.load(Ordering::Acquire) >= 3, "pings were answered");
         assert_eq!(dog.stalls_reported(), 0);
@@ -240,7 +249,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1000));
             let resumed_at = answered.load(Ordering::Acquire);
             glommio::timer::sleep(Duration::from_millis(200)).await;
-            assert!(answered.load(Ordering::Acquire) > resumed_at, "answers again after the stall");
+            assert!(
+                answered.load(Ordering::Acquire) > resumed_at,
+                "answers again after the stall"
+            );
         });
         t.join().unwrap();
         // A loaded machine may delay the shard past the limit elsewhere too;

@@ -141,7 +141,10 @@ impl<F: StorageFile> Appender<F> {
     /// no seal has taken yet (a field of a header appended earlier in the
     /// same step).
     pub fn patch(&mut self, pos: u64, bytes: &[u8]) {
-        assert!(pos >= self.sealed_end && pos + bytes.len() as u64 <= self.end, "patching sealed or unwritten bytes");
+        assert!(
+            pos >= self.sealed_end && pos + bytes.len() as u64 <= self.end,
+            "patching sealed or unwritten bytes"
+        );
         let mut done = 0;
         let chunk = self.config.chunk_bytes as u64;
         while done < bytes.len() {

@@ -509,7 +509,9 @@ impl<S: FileSystem> Log<S> {
             writer.log.append_hashed(&file, &head, &mut crc);
             writer.log.append_hashed(&file, rest, &mut crc);
             frame.crc = crc.finalize();
-            writer.log.patch(position + CRC_FIELD.start as u64, &frame.crc.to_le_bytes());
+            writer
+                .log
+                .patch(position + CRC_FIELD.start as u64, &frame.crc.to_le_bytes());
         }
         let NewEntries { offset, time } = active.index.add_frame(position, base, header.max_timestamp);
         if let Some(e) = offset {
