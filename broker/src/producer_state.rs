@@ -256,7 +256,7 @@ mod tests {
         s.apply(&at(b1, 103), None, 0);
         // An older epoch is fenced; a newer one starts over at 0.
         assert_eq!(
-            s.check(&batch(7, -1 + 0, 5, 1, false)),
+            s.check(&batch(7, -1, 5, 1, false)),
             Verdict::Reject(ResponseError::InvalidProducerEpoch)
         );
         assert_eq!(

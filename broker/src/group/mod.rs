@@ -375,10 +375,10 @@ impl GroupCoordinator {
                 .or_insert_with(|| Entry::new(group_id));
             // From v3 the consumer's membership comes along and is checked,
             // so a zombie member cannot commit for its old generation.
-            if generation >= 0 || !member_id.is_empty() {
-                if let Err(e) = entry.group.check_commit(member_id, instance_id, generation) {
-                    return vec![e.code(); parts.len()];
-                }
+            if (generation >= 0 || !member_id.is_empty())
+                && let Err(e) = entry.group.check_commit(member_id, instance_id, generation)
+            {
+                return vec![e.code(); parts.len()];
             }
             accept_commits(&parts, topic_partitions, |p, committed| Change::Pending {
                 group: group_id.to_string(),
@@ -455,11 +455,11 @@ impl GroupCoordinator {
             changes.iter().map(|c| entry.apply(c)).collect()
         };
         let result = self.write(group_id, changes).await;
-        if result.is_err() {
-            if let Some(entry) = self.groups.borrow_mut().get_mut(group_id) {
-                for c in undo.iter().rev() {
-                    entry.apply(c);
-                }
+        if result.is_err()
+            && let Some(entry) = self.groups.borrow_mut().get_mut(group_id)
+        {
+            for c in undo.iter().rev() {
+                entry.apply(c);
             }
         }
         result

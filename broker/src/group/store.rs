@@ -150,14 +150,18 @@ pub enum Change {
     },
 }
 
+/// Committed offsets: topic -> partition -> offset.
+pub type TopicOffsets = BTreeMap<String, BTreeMap<i32, CommittedOffset>>;
+
 /// Everything a group log holds, as loaded.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct LogState {
     pub groups: BTreeMap<String, GroupRecord>,
-    pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<i32, CommittedOffset>>>,
-    /// group -> producer id -> topic -> partition -> offset
+    /// group -> its offsets
+    pub offsets: BTreeMap<String, TopicOffsets>,
+    /// group -> producer id -> offsets pending in its transaction
     #[serde(default)]
-    pub pending: BTreeMap<String, BTreeMap<i64, BTreeMap<String, BTreeMap<i32, CommittedOffset>>>>,
+    pub pending: BTreeMap<String, BTreeMap<i64, TopicOffsets>>,
 }
 
 impl LogState {
