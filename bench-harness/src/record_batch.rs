@@ -13,7 +13,9 @@
 
 use bytes::Bytes;
 pub use sluice_storage::batch::BATCH_HEADER_BYTES;
-use sluice_storage::batch::{ATTR_COMPRESSION_MASK, ATTR_CONTROL, MAGIC_V2, write_crc};
+use sluice_storage::batch::{
+    ATTR_COMPRESSION_MASK, ATTR_CONTROL, MAGIC_V2, be_i16, be_i32, be_i64, get_varint, put_varint, write_crc,
+};
 
 /// Bytes at the front of each value that hold the stamp.
 pub const STAMP_BYTES: usize = 8;
@@ -232,40 +234,6 @@ fn varint_bytes(value: i64) -> usize {
     let v = ((value << 1) ^ (value >> 63)) as u64;
     let bits = 64 - v.leading_zeros() as usize;
     bits.div_ceil(7).max(1)
-}
-
-fn put_varint(out: &mut Vec<u8>, value: i64) {
-    let mut v = ((value << 1) ^ (value >> 63)) as u64;
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn get_varint(b: &[u8], pos: &mut usize) -> Option<i64> {
-    let mut v: u64 = 0;
-    for shift in (0..70).step_by(7) {
-        let byte = *b.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(((v >> 1) as i64) ^ -((v & 1) as i64));
-        }
-    }
-    None
-}
-
-fn be_i16(b: &[u8], at: usize) -> i16 {
-    i16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be_i32(b: &[u8], at: usize) -> i32 {
-    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be_i64(b: &[u8], at: usize) -> i64 {
-    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]

@@ -188,11 +188,13 @@ pub fn split_batches(bytes: &[u8]) -> (Vec<std::ops::Range<usize>>, usize) {
     (ranges, pos)
 }
 
-fn be_i16(b: &[u8], at: usize) -> i16 {
+/// Big-endian i16 at `at`.
+pub fn be_i16(b: &[u8], at: usize) -> i16 {
     i16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn be_i32(b: &[u8], at: usize) -> i32 {
+/// Big-endian i32 at `at`.
+pub fn be_i32(b: &[u8], at: usize) -> i32 {
     i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
@@ -200,7 +202,8 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn be_i64(b: &[u8], at: usize) -> i64 {
+/// Big-endian i64 at `at`.
+pub fn be_i64(b: &[u8], at: usize) -> i64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     i64::from_be_bytes(a)
@@ -425,7 +428,8 @@ fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
     }
 }
 
-fn get_varint(b: &[u8], pos: &mut usize) -> Option<i64> {
+/// A zigzag varint (Kafka records) at `*pos`, advancing it; None if cut short.
+pub fn get_varint(b: &[u8], pos: &mut usize) -> Option<i64> {
     let mut v: u64 = 0;
     for shift in (0..70).step_by(7) {
         let byte = *b.get(*pos)?;
@@ -449,7 +453,8 @@ fn get_bytes(b: &[u8], pos: &mut usize) -> Option<Option<Vec<u8>>> {
     Some(Some(bytes))
 }
 
-fn put_varint(out: &mut Vec<u8>, value: i64) {
+/// Appends `value` as a zigzag varint (Kafka records).
+pub fn put_varint(out: &mut Vec<u8>, value: i64) {
     let mut v = ((value << 1) ^ (value >> 63)) as u64;
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
