@@ -172,29 +172,13 @@ impl LogState {
                 topic,
                 partition,
                 committed,
-            } => match committed {
-                Some(c) => {
-                    self.offsets
-                        .entry(group.clone())
-                        .or_default()
-                        .entry(topic.clone())
-                        .or_default()
-                        .insert(*partition, c.clone());
+            } => {
+                let topics = self.offsets.entry(group.clone()).or_default();
+                set_offset(topics, topic, *partition, committed);
+                if topics.is_empty() {
+                    self.offsets.remove(group);
                 }
-                None => {
-                    if let Some(topics) = self.offsets.get_mut(group) {
-                        if let Some(parts) = topics.get_mut(topic) {
-                            parts.remove(partition);
-                            if parts.is_empty() {
-                                topics.remove(topic);
-                            }
-                        }
-                        if topics.is_empty() {
-                            self.offsets.remove(group);
-                        }
-                    }
-                }
-            },
+            }
             Change::Group { group, record } => match record {
                 Some(r) => {
                     self.groups.insert(group.clone(), r.clone());
@@ -209,37 +193,35 @@ impl LogState {
                 topic,
                 partition,
                 committed,
-            } => match committed {
-                Some(c) => {
-                    self.pending
-                        .entry(group.clone())
-                        .or_default()
-                        .entry(*producer_id)
-                        .or_default()
-                        .entry(topic.clone())
-                        .or_default()
-                        .insert(*partition, c.clone());
+            } => {
+                let producers = self.pending.entry(group.clone()).or_default();
+                let topics = producers.entry(*producer_id).or_default();
+                set_offset(topics, topic, *partition, committed);
+                if topics.is_empty() {
+                    producers.remove(producer_id);
                 }
-                None => {
-                    if let Some(producers) = self.pending.get_mut(group) {
-                        if let Some(topics) = producers.get_mut(producer_id) {
-                            if let Some(parts) = topics.get_mut(topic) {
-                                parts.remove(partition);
-                                if parts.is_empty() {
-                                    topics.remove(topic);
-                                }
-                            }
-                            if topics.is_empty() {
-                                producers.remove(producer_id);
-                            }
-                        }
-                        if producers.is_empty() {
-                            self.pending.remove(group);
-                        }
-                    }
+                if producers.is_empty() {
+                    self.pending.remove(group);
                 }
-            },
+            }
         }
+    }
+}
+
+/// Sets (Some) or removes (None) one partition's offset, dropping a topic
+/// left with none; the callers drop the maps above it the same way.
+fn set_offset(topics: &mut TopicOffsets, topic: &str, partition: i32, committed: &Option<CommittedOffset>) {
+    let parts = topics.entry(topic.to_string()).or_default();
+    match committed {
+        Some(c) => {
+            parts.insert(partition, c.clone());
+        }
+        None => {
+            parts.remove(&partition);
+        }
+    }
+    if parts.is_empty() {
+        topics.remove(topic);
     }
 }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 use sluice_protocol::ResponseError;
 use sluice_storage::StorageError;
 use sluice_storage::batch::MarkerType;
-use sluice_storage::local_sync::{LocalMutex, join_bounded};
+use sluice_storage::local_sync::{LocalMutex, LocalMutexGuard, join_bounded};
 use tracing::{info, warn};
 
 use self::state::{EndStep, TxnMeta, TxnState};
@@ -132,6 +132,20 @@ impl TxnCoordinator {
 
     fn get(&self, id: &str) -> Option<TxnMeta> {
         self.txns.borrow().get(id).cloned()
+    }
+
+    /// Takes `id`'s lock and its state, once the caller is shown to be its
+    /// current producer (id and epoch).
+    async fn lock_producer(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Result<(LocalMutexGuard, TxnMeta), ResponseError> {
+        let guard = self.lock_for(id).lock().await;
+        let meta = self.get(id).ok_or(ResponseError::InvalidProducerIdMapping)?;
+        meta.check_producer(producer_id, epoch)?;
+        Ok((guard, meta))
     }
 
     /// Makes `meta` the durable state of `id`. The state in memory changes
@@ -250,15 +264,11 @@ impl TxnCoordinator {
         epoch: i16,
         partitions: Vec<(String, i32)>,
     ) -> Vec<i16> {
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
         let all = |e: ResponseError| vec![e.code(); partitions.len()];
-        let Some(mut meta) = self.get(id) else {
-            return all(ResponseError::InvalidProducerIdMapping);
+        let (_guard, mut meta) = match self.lock_producer(id, producer_id, epoch).await {
+            Ok(locked) => locked,
+            Err(e) => return all(e),
         };
-        if let Err(e) = meta.check_producer(producer_id, epoch) {
-            return all(e);
-        }
         let metadata = shard.metadata();
         let known = |(t, p): &(String, i32)| metadata.topic(t).is_some_and(|m| (0..m.partitions).contains(p));
         if !partitions.iter().all(known) {
@@ -287,14 +297,10 @@ impl TxnCoordinator {
 
     /// AddOffsetsToTxn: the group's offsets join the transaction.
     pub async fn add_offsets(&self, id: &str, producer_id: i64, epoch: i16, group: &str) -> i16 {
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
-        let Some(mut meta) = self.get(id) else {
-            return ResponseError::InvalidProducerIdMapping.code();
+        let (_guard, mut meta) = match self.lock_producer(id, producer_id, epoch).await {
+            Ok(locked) => locked,
+            Err(e) => return e.code(),
         };
-        if let Err(e) = meta.check_producer(producer_id, epoch) {
-            return e.code();
-        }
         if let Err(e) = meta.add(&[], Some(group), runtime::now_ms()) {
             return e.code();
         }
@@ -306,14 +312,10 @@ impl TxnCoordinator {
 
     /// EndTxn: commit or abort, markers written, before answering.
     pub async fn end_txn(&self, shard: &Rc<Shard>, id: &str, producer_id: i64, epoch: i16, commit: bool) -> i16 {
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
-        let Some(mut meta) = self.get(id) else {
-            return ResponseError::InvalidProducerIdMapping.code();
+        let (_guard, mut meta) = match self.lock_producer(id, producer_id, epoch).await {
+            Ok(locked) => locked,
+            Err(e) => return e.code(),
         };
-        if let Err(e) = meta.check_producer(producer_id, epoch) {
-            return e.code();
-        }
         match meta.end(commit) {
             Err(e) => e.code(),
             Ok(EndStep::AlreadyDone) => 0,
