@@ -229,158 +229,6 @@ impl KvLog {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Many changes, snapshots along the way, a reopen: the map comes back
-    /// whole, only what followed the last snapshot is replayed, and old
-    /// segments are gone.
-    #[test]
-    fn snapshots_bound_what_a_reopen_replays() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("kv");
-        glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                let fs = DmaFileSystem::new();
-                let cache = BatchCache::new(1 << 20);
-                let interval = 64 << 10;
-                let (kv, _) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
-                let mut map = KvMap::new();
-                let changes = 20_000u64;
-                for i in 0..changes {
-                    let key = format!("key-{}", i % 97);
-                    let change: KvChange = if i % 11 == 0 {
-                        (key, None)
-                    } else {
-                        (key, Some(format!("value-{i}")))
-                    };
-                    match &change.1 {
-                        Some(v) => map.insert(change.0.clone(), v.clone()),
-                        None => map.remove(&change.0),
-                    };
-                    let end = kv.append(&[change], 0).await.unwrap();
-                    kv.wait_durable(end).await.unwrap();
-                    // Lets a snapshot started by the append finish.
-                    glommio::yield_if_needed().await;
-                }
-                // The last snapshot in flight completes before the close.
-                while kv.snapshotting.get() {
-                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-                }
-                assert_eq!(*kv.map.borrow(), map);
-                let snapshots = kv.snapshots_written.get();
-                assert!(snapshots > 10, "{snapshots} snapshots");
-                kv.log.close().await.unwrap();
-                let (reopened, loaded) = KvLog::open(&fs, &cache, dir, interval, 0).await.unwrap();
-                assert_eq!(loaded, map);
-                assert!(
-                    reopened.replayed_on_open < changes / 10,
-                    "replayed {} of {changes} records",
-                    reopened.replayed_on_open
-                );
-                let segment_bytes = segment_bytes_for(interval);
-                assert!(
-                    reopened.log.stats().size_bytes <= 2 * segment_bytes,
-                    "{:?}",
-                    reopened.log.stats()
-                );
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-    }
-}
-
-#[cfg(test)]
-mod recovery_tests {
-    use super::*;
-
-    /// A log cut below its snapshot (as recovery cuts a corrupt tail): the
-    /// snapshot is rewritten on open, so what is appended next is replayed
-    /// on the open after.
-    #[test]
-    fn a_log_cut_below_its_snapshot_loses_no_later_record() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("kv");
-        glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                let fs = DmaFileSystem::new();
-                let cache = BatchCache::new(1 << 20);
-                let interval = 16 << 20; // no automatic snapshot in this test
-                let (kv, _) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
-                for i in 0..10 {
-                    let end = kv.append(&[(format!("k{i}"), Some("v".into()))], 0).await.unwrap();
-                    kv.wait_durable(end).await.unwrap();
-                }
-                let map = kv.map.borrow().clone();
-                kv.snapshot(map, kv.log.end_offset()).await.unwrap();
-                // The log loses its last records but the snapshot stays.
-                kv.log.truncate_to(Offset(4)).await.unwrap();
-                kv.log.close().await.unwrap();
-                let (kv, loaded) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
-                assert_eq!(loaded.len(), 10, "the snapshot still holds every key");
-                let end = kv.append(&[("after".into(), Some("cut".into()))], 0).await.unwrap();
-                kv.wait_durable(end).await.unwrap();
-                kv.log.close().await.unwrap();
-                let (_, loaded) = KvLog::open(&fs, &cache, dir, interval, 0).await.unwrap();
-                assert_eq!(loaded.get("after").map(String::as_str), Some("cut"));
-                assert_eq!(loaded.len(), 11);
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-    }
-
-    /// Appends from many tasks at once, snapshots starting in between: a
-    /// snapshot is the map as of its offset exactly, so a reopen finds
-    /// every acknowledged change.
-    #[test]
-    fn concurrent_appends_across_snapshots_lose_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("kv");
-        glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                let fs = DmaFileSystem::new();
-                let cache = BatchCache::new(1 << 20);
-                let interval = 16 << 10;
-                let (kv, _) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
-                let tasks: Vec<_> = (0..64)
-                    .map(|t| {
-                        let kv = kv.clone();
-                        glommio::spawn_local(async move {
-                            for i in 0..100 {
-                                let end = kv
-                                    .append(&[(format!("t{t}-k{i}"), Some(format!("v{i}")))], 0)
-                                    .await
-                                    .unwrap();
-                                kv.wait_durable(end).await.unwrap();
-                            }
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await;
-                }
-                while kv.snapshotting.get() {
-                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-                }
-                assert!(
-                    kv.snapshots_written.get() > 3,
-                    "{} snapshots",
-                    kv.snapshots_written.get()
-                );
-                kv.log.close().await.unwrap();
-                let (_, loaded) = KvLog::open(&fs, &cache, dir, interval, 0).await.unwrap();
-                assert_eq!(loaded.len(), 64 * 100);
-                assert_eq!(loaded.get("t63-k99").map(String::as_str), Some("v99"));
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-    }
-}
-
 /// Calls `f` on every batch of `log` from `from` up to its durable end, in
 /// order, reading `REPLAY_READ_BYTES` at a time: how state kept beside a
 /// log (a key-value map, producer state) is rebuilt after its snapshot.
@@ -404,4 +252,143 @@ pub async fn replay(
         glommio::yield_if_needed().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `test` on a fresh executor with the real filesystem, a cache,
+    /// and the directory for a new log (removed afterwards).
+    fn on_executor<T, F>(test: T)
+    where
+        T: FnOnce(DmaFileSystem, BatchCache, PathBuf) -> F + Send + 'static,
+        F: std::future::Future<Output = ()> + 'static,
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("kv");
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || test(DmaFileSystem::new(), BatchCache::new(1 << 20), dir))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// Many changes, snapshots along the way, a reopen: the map comes back
+    /// whole, only what followed the last snapshot is replayed, and old
+    /// segments are gone.
+    #[test]
+    fn snapshots_bound_what_a_reopen_replays() {
+        on_executor(|fs, cache, dir| async move {
+            let interval = 64 << 10;
+            let (kv, _) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
+            let mut map = KvMap::new();
+            let changes = 20_000u64;
+            for i in 0..changes {
+                let key = format!("key-{}", i % 97);
+                let change: KvChange = if i % 11 == 0 {
+                    (key, None)
+                } else {
+                    (key, Some(format!("value-{i}")))
+                };
+                match &change.1 {
+                    Some(v) => map.insert(change.0.clone(), v.clone()),
+                    None => map.remove(&change.0),
+                };
+                let end = kv.append(&[change], 0).await.unwrap();
+                kv.wait_durable(end).await.unwrap();
+                // Lets a snapshot started by the append finish.
+                glommio::yield_if_needed().await;
+            }
+            // The last snapshot in flight completes before the close.
+            while kv.snapshotting.get() {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert_eq!(*kv.map.borrow(), map);
+            let snapshots = kv.snapshots_written.get();
+            assert!(snapshots > 10, "{snapshots} snapshots");
+            kv.log.close().await.unwrap();
+            let (reopened, loaded) = KvLog::open(&fs, &cache, dir, interval, 0).await.unwrap();
+            assert_eq!(loaded, map);
+            assert!(
+                reopened.replayed_on_open < changes / 10,
+                "replayed {} of {changes} records",
+                reopened.replayed_on_open
+            );
+            let segment_bytes = segment_bytes_for(interval);
+            assert!(
+                reopened.log.stats().size_bytes <= 2 * segment_bytes,
+                "{:?}",
+                reopened.log.stats()
+            );
+        });
+    }
+
+    /// A log cut below its snapshot (as recovery cuts a corrupt tail): the
+    /// snapshot is rewritten on open, so what is appended next is replayed
+    /// on the open after.
+    #[test]
+    fn a_log_cut_below_its_snapshot_loses_no_later_record() {
+        on_executor(|fs, cache, dir| async move {
+            let interval = 16 << 20; // no automatic snapshot in this test
+            let (kv, _) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
+            for i in 0..10 {
+                let end = kv.append(&[(format!("k{i}"), Some("v".into()))], 0).await.unwrap();
+                kv.wait_durable(end).await.unwrap();
+            }
+            let map = kv.map.borrow().clone();
+            kv.snapshot(map, kv.log.end_offset()).await.unwrap();
+            // The log loses its last records but the snapshot stays.
+            kv.log.truncate_to(Offset(4)).await.unwrap();
+            kv.log.close().await.unwrap();
+            let (kv, loaded) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
+            assert_eq!(loaded.len(), 10, "the snapshot still holds every key");
+            let end = kv.append(&[("after".into(), Some("cut".into()))], 0).await.unwrap();
+            kv.wait_durable(end).await.unwrap();
+            kv.log.close().await.unwrap();
+            let (_, loaded) = KvLog::open(&fs, &cache, dir, interval, 0).await.unwrap();
+            assert_eq!(loaded.get("after").map(String::as_str), Some("cut"));
+            assert_eq!(loaded.len(), 11);
+        });
+    }
+
+    /// Appends from many tasks at once, snapshots starting in between: a
+    /// snapshot is the map as of its offset exactly, so a reopen finds
+    /// every acknowledged change.
+    #[test]
+    fn concurrent_appends_across_snapshots_lose_nothing() {
+        on_executor(|fs, cache, dir| async move {
+            let interval = 16 << 10;
+            let (kv, _) = KvLog::open(&fs, &cache, dir.clone(), interval, 0).await.unwrap();
+            let tasks: Vec<_> = (0..64)
+                .map(|t| {
+                    let kv = kv.clone();
+                    glommio::spawn_local(async move {
+                        for i in 0..100 {
+                            let end = kv
+                                .append(&[(format!("t{t}-k{i}"), Some(format!("v{i}")))], 0)
+                                .await
+                                .unwrap();
+                            kv.wait_durable(end).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await;
+            }
+            while kv.snapshotting.get() {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert!(
+                kv.snapshots_written.get() > 3,
+                "{} snapshots",
+                kv.snapshots_written.get()
+            );
+            kv.log.close().await.unwrap();
+            let (_, loaded) = KvLog::open(&fs, &cache, dir, interval, 0).await.unwrap();
+            assert_eq!(loaded.len(), 64 * 100);
+            assert_eq!(loaded.get("t63-k99").map(String::as_str), Some("v99"));
+        });
+    }
 }

@@ -146,13 +146,9 @@ impl<F: StorageFile> Appender<F> {
             "patching sealed or unwritten bytes"
         );
         let mut done = 0;
-        let chunk = self.config.chunk_bytes as u64;
-        while done < bytes.len() {
-            let off = pos + done as u64 - self.chain_pos;
-            let buf = &mut self.chain[(off / chunk) as usize];
-            let at = (off % chunk) as usize;
-            let n = (buf.as_slice().len() - at).min(bytes.len() - done);
-            buf.as_mut_slice()[at..at + n].copy_from_slice(&bytes[done..done + n]);
+        for (i, span) in spans(pos - self.chain_pos, bytes.len(), self.config.chunk_bytes) {
+            let n = span.len();
+            self.chain[i].as_mut_slice()[span].copy_from_slice(&bytes[done..done + n]);
             done += n;
         }
     }
@@ -160,15 +156,8 @@ impl<F: StorageFile> Appender<F> {
     /// Calls `f` on the chain's bytes from logical position `pos`, `len` of
     /// them, in order (one slice per buffer they span).
     fn each_slice(&self, pos: u64, len: usize, mut f: impl FnMut(&[u8])) {
-        let chunk = self.config.chunk_bytes as u64;
-        let mut done = 0;
-        while done < len {
-            let off = pos + done as u64 - self.chain_pos;
-            let buf = self.chain[(off / chunk) as usize].as_slice();
-            let at = (off % chunk) as usize;
-            let n = (buf.len() - at).min(len - done);
-            f(&buf[at..at + n]);
-            done += n;
+        for (i, span) in spans(pos - self.chain_pos, len, self.config.chunk_bytes) {
+            f(&self.chain[i].as_slice()[span]);
         }
     }
 
@@ -268,6 +257,22 @@ impl<F: StorageFile> Appender<F> {
     }
 }
 
+/// Where the chain holds its bytes `from..from + len` (counted from the
+/// chain's start, buffers of `chunk` bytes): each buffer's index and range.
+fn spans(from: u64, len: usize, chunk: usize) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> {
+    let start = from as usize;
+    let end = start + len;
+    let buffers = if len == 0 {
+        0..0
+    } else {
+        start / chunk..end.div_ceil(chunk)
+    };
+    buffers.map(move |i| {
+        let base = i * chunk;
+        (i, start.max(base) - base..end.min(base + chunk) - base)
+    })
+}
+
 /// Runs a job: reserves space, writes, fdatasyncs. Touches no appender state,
 /// so the caller holds no borrow across it.
 pub async fn run_job<F: StorageFile>(file: &F, job: &SyncJob<F::Buffer>) -> io::Result<()> {
@@ -294,16 +299,22 @@ mod tests {
     use crate::testing::block_on;
     use std::path::Path;
 
+    /// A simulated file, and an appender config of one-page buffers.
+    async fn page_chunks() -> (<SimFileSystem as FileSystem>::File, AppenderConfig) {
+        let fs = SimFileSystem::new(7, SimFaults::default());
+        let file = fs.open(Path::new("/a"), true).await.unwrap();
+        let config = AppenderConfig {
+            chunk_bytes: ALIGN,
+            pooled_chunks_max: 4,
+            preallocate_bytes: ALIGN as u64,
+        };
+        (file, config)
+    }
+
     #[test]
     fn hashed_appends_checksum_what_they_copy_and_patches_land_across_buffers() {
         block_on(async {
-            let fs = SimFileSystem::new(7, SimFaults::default());
-            let file = fs.open(Path::new("/a"), true).await.unwrap();
-            let config = AppenderConfig {
-                chunk_bytes: ALIGN,
-                pooled_chunks_max: 4,
-                preallocate_bytes: ALIGN as u64,
-            };
+            let (file, config) = page_chunks().await;
             // Start mid-page, so pieces straddle buffers at odd places.
             let tail: Vec<u8> = (0..100u8).collect();
             let mut a = Appender::new(&file, config, 100, &tail, 0);
@@ -335,13 +346,7 @@ mod tests {
     #[should_panic(expected = "patching sealed or unwritten bytes")]
     fn a_patch_of_sealed_bytes_is_refused() {
         block_on(async {
-            let fs = SimFileSystem::new(7, SimFaults::default());
-            let file = fs.open(Path::new("/a"), true).await.unwrap();
-            let config = AppenderConfig {
-                chunk_bytes: ALIGN,
-                pooled_chunks_max: 4,
-                preallocate_bytes: ALIGN as u64,
-            };
+            let (file, config) = page_chunks().await;
             let mut a = Appender::new(&file, config, 0, &[], 0);
             a.append(&file, &[9; 10]);
             let _job = a.seal(&file);
