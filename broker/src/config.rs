@@ -48,6 +48,12 @@ pub struct Cli {
     #[arg(long, env = "SLUICE_CPUSET")]
     pub cpuset: Option<String>,
 
+    /// CPUs for the kernel threads that run each shard's blocking file
+    /// operations (fdatasync, writes into new extents), like `2-3`
+    /// [default: wherever the shard itself may run].
+    #[arg(long = "io-cpuset", env = "SLUICE_IO_CPUSET")]
+    pub io_cpuset: Option<String>,
+
     /// This broker's node id.
     #[arg(long = "node-id", env = "SLUICE_NODE_ID", default_value_t = 1)]
     pub node_id: i32,
@@ -238,6 +244,8 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// One entry per shard: the CPU it is pinned to, if any.
     pub shard_cpus: Vec<Option<usize>>,
+    /// CPUs for the shards' io_uring worker threads, if set.
+    pub io_cpus: Option<Vec<usize>>,
     pub node_id: i32,
     pub request_bytes_max: usize,
     pub queued_request_bytes_max: usize,
@@ -296,6 +304,10 @@ impl BrokerConfig {
                 (0..cores).map(|i| (cores <= online).then_some(i)).collect()
             }
         };
+        let io_cpus = match cli.io_cpuset.as_deref() {
+            Some(list) => Some(parse_cpu_list(list).with_context(|| format!("--io-cpuset {list}"))?),
+            None => None,
+        };
         let defaults = TopicDefaults {
             num_partitions: cli.num_partitions,
             replication_factor: cli.default_replication_factor,
@@ -333,6 +345,7 @@ impl BrokerConfig {
             advertised_port: i32::from(advertised_port),
             data_dir: cli.data_dir,
             shard_cpus,
+            io_cpus,
             node_id: cli.node_id,
             request_bytes_max: cli.socket_request_max_bytes,
             queued_request_bytes_max: cli.queued_max_request_bytes,
@@ -451,6 +464,10 @@ mod tests {
         let c = parse(&["sluice", "--cpuset", "none", "--cores", "3"]);
         assert_eq!(c.shard_cpus, vec![None, None, None]);
         assert!(BrokerConfig::from_cli(Cli::parse_from(["sluice", "--cpuset", "0", "--cores", "2"])).is_err());
+        assert_eq!(c.io_cpus, None);
+        let c = parse(&["sluice", "--cpuset", "0", "--io-cpuset", "1-2"]);
+        assert_eq!(c.io_cpus, Some(vec![1, 2]));
+        assert!(BrokerConfig::from_cli(Cli::parse_from(["sluice", "--io-cpuset", "x"])).is_err());
     }
 
     #[test]

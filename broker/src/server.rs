@@ -112,6 +112,12 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
                 // The others stop too when this shard fails or panics: a
                 // broker missing a shard cannot serve its partitions.
                 let mut guard = FailureReport(Some((failed, index)));
+                // Before the shard's first file operation, so that every
+                // io worker it gets is placed.
+                if let Some(cpus) = &config.io_cpus {
+                    crate::io_workers::set_for_current_thread(cpus)
+                        .with_context(|| format!("placing shard {index}'s io workers on CPUs {cpus:?}"))?;
+                }
                 let result = shard_main(config, mesh, initial, stop_rx).await;
                 if result.is_ok() {
                     guard.0 = None;
