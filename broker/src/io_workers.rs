@@ -6,9 +6,10 @@
 //! the affinity of the thread that made them, so a shard pinned to a CPU
 //! has its syncs run on that same CPU, queued behind its own work. Under
 //! load the shard's CPU is busy, and each sync waits for it: measured at
-//! 640 MB/s of acks=all produce on one shard, a write and fdatasync took
-//! twice as long with the workers on the shard's CPU as with them free
-//! (docs/PERFORMANCE.md). `--io-cpuset` lets them run elsewhere.
+//! 640 MB/s of acks=all produce on one shard, a partition's write and
+//! fdatasync took twice as long at the median with the workers on the
+//! shard's CPU as on another (docs/PERFORMANCE.md). `--io-cpuset` lets
+//! them run elsewhere.
 //!
 //! The affinity is set with IORING_REGISTER_IOWQ_AFF, which applies to the
 //! calling thread's workers (for rings without SQPOLL, which glommio does
