@@ -33,6 +33,25 @@ pub struct SimFaults {
     pub sync_eio_ppm: u32,
     /// Flip bits in a torn sector when [`SimFileSystem::crash`] tears a write.
     pub torn_garbage: bool,
+    /// Writes and syncs that first yield to other tasks once, as real I/O
+    /// does while the device works: concurrent callers then interleave.
+    pub yield_ppm: u32,
+}
+
+/// Pending once (waking itself at once), then ready.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 /// SplitMix64: small, fast, and enough for reproducible fault schedules.
@@ -407,6 +426,19 @@ pub struct SimFile {
     id: InodeId,
 }
 
+impl SimFile {
+    async fn maybe_yield(&self) {
+        let yields = {
+            let mut st = self.fs.state.borrow_mut();
+            let ppm = st.faults.yield_ppm;
+            st.rng.chance_ppm(ppm)
+        };
+        if yields {
+            YieldOnce(false).await;
+        }
+    }
+}
+
 impl StorageFile for SimFile {
     type Buffer = SimBuffer;
 
@@ -418,6 +450,7 @@ impl StorageFile for SimFile {
     }
 
     async fn write_at(&self, buf: Rc<SimBuffer>, pos: u64) -> io::Result<usize> {
+        self.maybe_yield().await;
         let bytes = buf.as_slice();
         assert!(pos.is_multiple_of(ALIGN as u64) && bytes.len().is_multiple_of(ALIGN));
         let mut st = self.fs.state.borrow_mut();
@@ -457,6 +490,7 @@ impl StorageFile for SimFile {
     }
 
     async fn sync_data(&self) -> io::Result<()> {
+        self.maybe_yield().await;
         let mut st = self.fs.state.borrow_mut();
         let sync_eio_ppm = st.faults.sync_eio_ppm;
         if st.rng.chance_ppm(sync_eio_ppm) {
