@@ -4,7 +4,11 @@
 //! tasks of the owning shard. State lives in a `RefCell` that is never
 //! borrowed across an await. Operations that do I/O on shared state (sync,
 //! roll, checkpoint, retention, truncation, close) hold `io_lock`, a FIFO
-//! async mutex, so they run one at a time. Appends copy into the write
+//! async mutex, so they run one at a time; those that write the indexes or
+//! the checkpoint, or change the segments, also hold `checkpoint_lock`
+//! (taken second). A checkpoint that falls due while a flusher runs is
+//! written by the flusher under `checkpoint_lock` alone, so that syncs go
+//! on while it is written. Appends copy into the write
 //! buffer without waiting, unless they must roll a segment, retry after a
 //! disk fault, or wait for space in the write buffer.
 //!
@@ -37,7 +41,7 @@ use crate::error::{Result, StorageError};
 use crate::frame::{CRC_FIELD, FRAME_HEADER_BYTES, FrameError, FrameHeader};
 use crate::index::{NewEntries, OFFSET_ENTRY_BYTES, SegmentIndex, TIME_ENTRY_BYTES};
 use crate::io::{FileSystem, StorageFile, align_up, read_file, write_file_atomic};
-use crate::local_sync::{LocalMutex, LocalNotify};
+use crate::local_sync::{LocalMutex, LocalMutexGuard, LocalNotify};
 use crate::offset::Offset;
 use crate::segment::{
     FrameCursor, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, Segment, TIME_INDEX_SUFFIX, parse_segment_name, read_tail_page,
@@ -141,6 +145,11 @@ impl<F: StorageFile> State<F> {
             .expect("a log always has an active segment")
     }
 
+    /// Enough was synced since the last checkpoint to write another.
+    fn checkpoint_due(&self) -> bool {
+        self.bytes_since_checkpoint >= self.config.checkpoint_interval_bytes
+    }
+
     fn needs_roll(&self, frame_bytes: u64, now_ms: i64) -> bool {
         let active = self.active();
         !active.is_empty()
@@ -171,7 +180,13 @@ pub struct Log<S: FileSystem> {
     cache: BatchCache,
     cache_id: CacheLogId,
     io_lock: LocalMutex,
-    /// Notified when the write buffer goes from empty to not, and on close.
+    /// Held while the index files or the checkpoint are written, and by
+    /// everything that changes the segments or the active writer (roll,
+    /// truncation, retention, close), which take it after `io_lock`. A
+    /// background checkpoint holds only this one, so syncs go on during it.
+    checkpoint_lock: LocalMutex,
+    /// Notified when the write buffer goes from empty to not, a checkpoint
+    /// falls due, and on close.
     pending_notify: LocalNotify,
     /// Notified after each seal and each finished sync: a full write buffer
     /// has room again.
@@ -278,6 +293,7 @@ impl<S: FileSystem> Log<S> {
             cache,
             cache_id,
             io_lock: LocalMutex::new(),
+            checkpoint_lock: LocalMutex::new(),
             pending_notify: LocalNotify::default(),
             sealed_notify: LocalNotify::default(),
             durable_notify: LocalNotify::default(),
@@ -300,7 +316,7 @@ impl<S: FileSystem> Log<S> {
         };
         log.state.borrow().check_invariants();
         {
-            let _guard = log.io_lock.lock().await;
+            let _guards = log.lock_all().await;
             log.checkpoint_locked().await?;
         }
         info!(
@@ -383,7 +399,7 @@ impl<S: FileSystem> Log<S> {
         loop {
             let listener = {
                 let st = self.state.borrow();
-                if st.closed || st.writer.log.pending_bytes() > 0 {
+                if st.closed || st.writer.log.pending_bytes() > 0 || st.checkpoint_due() {
                     return;
                 }
                 self.pending_notify.listen()
@@ -423,7 +439,10 @@ impl<S: FileSystem> Log<S> {
             if self.is_closed() {
                 return Ok(());
             }
-            self.sync().await?;
+            if self.pending_bytes() > 0 {
+                self.sync().await?;
+            }
+            self.checkpoint_if_due().await;
         }
     }
 
@@ -557,11 +576,43 @@ impl<S: FileSystem> Log<S> {
                 }
                 assert!(offset <= st.end_offset, "waiting for an offset never appended");
             }
-            let _guard = self.io_lock.lock().await;
-            if self.state.borrow().durable_offset >= offset {
-                return Ok(());
+            {
+                let _guard = self.io_lock.lock().await;
+                if self.state.borrow().durable_offset >= offset {
+                    return Ok(());
+                }
+                self.sync_locked().await?;
             }
-            self.sync_locked().await?;
+            if self.state.borrow().flushers == 0 {
+                self.checkpoint_if_due().await;
+            }
+        }
+    }
+
+    /// Both locks, in their order.
+    async fn lock_all(&self) -> (LocalMutexGuard, LocalMutexGuard) {
+        let io = self.io_lock.lock().await;
+        (io, self.checkpoint_lock.lock().await)
+    }
+
+    /// Writes a checkpoint if enough was synced since the last one. Runs
+    /// beside syncs (it holds `checkpoint_lock` only): a checkpoint writes
+    /// two index files and the checkpoint file, and syncs each and the
+    /// directory, which under load took 10-50 ms, during which the log's
+    /// acks=all appends used to wait.
+    async fn checkpoint_if_due(&self) {
+        if !self.state.borrow().checkpoint_due() {
+            return;
+        }
+        let _guard = self.checkpoint_lock.lock().await;
+        let due = {
+            let st = self.state.borrow();
+            st.checkpoint_due() && !st.closed
+        };
+        // The data is durable either way; a failed checkpoint only means
+        // a longer recovery scan, and the next one will be retried.
+        if due && let Err(e) = self.checkpoint_locked().await {
+            warn!(dir = %self.dir.display(), error = %e, "checkpoint failed");
         }
     }
 
@@ -590,7 +641,7 @@ impl<S: FileSystem> Log<S> {
         let result = run_job(file.as_ref(), &job).await;
         // Waiters for room retry now, whatever the outcome.
         self.sealed_notify.notify_all();
-        let checkpoint_due = {
+        {
             let mut st = self.state.borrow_mut();
             st.writer.log.finish(job, &result);
             match &result {
@@ -605,7 +656,10 @@ impl<S: FileSystem> Log<S> {
                         info!(dir = %self.dir.display(), error = %e, "writes recovered");
                     }
                     st.bytes_since_checkpoint += synced_bytes;
-                    st.bytes_since_checkpoint >= st.config.checkpoint_interval_bytes
+                    if st.checkpoint_due() && st.flushers > 0 {
+                        // The flusher writes it, beside the next syncs.
+                        self.pending_notify.notify_all();
+                    }
                 }
                 Err(e) => {
                     let err = StorageError::io("sync", &path, clone_io_error(e));
@@ -613,13 +667,6 @@ impl<S: FileSystem> Log<S> {
                     st.write_error = Some(err.clone());
                     return Err(err);
                 }
-            }
-        };
-        if checkpoint_due {
-            // The data is durable either way; a failed checkpoint only means
-            // a longer recovery scan, and the next one will be retried.
-            if let Err(e) = self.checkpoint_locked().await {
-                warn!(dir = %self.dir.display(), error = %e, "checkpoint failed");
             }
         }
         Ok(())
@@ -636,6 +683,7 @@ impl<S: FileSystem> Log<S> {
 
     async fn roll_inner(&self, now_ms: i64) -> Result<()> {
         self.sync_locked().await?;
+        let _checkpoint_guard = self.checkpoint_lock.lock().await;
         self.sync_indexes_locked().await?;
         let (config, new_base, old_file, old_end) = {
             let st = self.state.borrow();
@@ -659,7 +707,8 @@ impl<S: FileSystem> Log<S> {
         self.checkpoint_locked().await
     }
 
-    /// Makes the active segment's index entries durable. Caller holds `io_lock`.
+    /// Makes the active segment's index entries durable. Caller holds
+    /// `checkpoint_lock`.
     async fn sync_indexes_locked(&self) -> Result<()> {
         let (offset_job, offset_file, time_job, time_file, counts) = {
             let mut st = self.state.borrow_mut();
@@ -692,10 +741,10 @@ impl<S: FileSystem> Log<S> {
     }
 
     /// Writes the checkpoint: every segment up to what is durable now.
-    /// Caller holds `io_lock`.
+    /// Caller holds `checkpoint_lock` (and `io_lock` unless it is a background checkpoint).
     async fn checkpoint_locked(&self) -> Result<()> {
         self.sync_indexes_locked().await?;
-        let checkpoint = {
+        let (checkpoint, covered_bytes) = {
             let st = self.state.borrow();
             let last = st.active().base;
             let segments = st
@@ -730,16 +779,21 @@ impl<S: FileSystem> Log<S> {
                     }
                 })
                 .collect();
-            Checkpoint {
-                log_start_offset: st.start_offset.0,
-                segments,
-            }
+            (
+                Checkpoint {
+                    log_start_offset: st.start_offset.0,
+                    segments,
+                },
+                st.bytes_since_checkpoint,
+            )
         };
         let path = self.dir.join(CHECKPOINT_FILE);
         write_file_atomic(&self.fs, &path, &checkpoint.encode())
             .await
             .map_err(io_err("write checkpoint", &path))?;
-        self.state.borrow_mut().bytes_since_checkpoint = 0;
+        // Syncs that ran while it was written count towards the next one.
+        let mut st = self.state.borrow_mut();
+        st.bytes_since_checkpoint = st.bytes_since_checkpoint.saturating_sub(covered_bytes);
         Ok(())
     }
 
@@ -913,6 +967,7 @@ impl<S: FileSystem> Log<S> {
     /// segments below the log start. The active segment is rolled first when
     /// it alone has expired. Returns the number of segments deleted.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+        // Not both locks yet: a roll takes the checkpoint lock itself.
         let _guard = self.io_lock.lock().await;
         let active_expired = {
             let st = self.state.borrow();
@@ -924,6 +979,7 @@ impl<S: FileSystem> Log<S> {
         if active_expired {
             self.roll_locked(now_ms).await?;
         }
+        let _checkpoint_guard = self.checkpoint_lock.lock().await;
         let doomed: Vec<Offset> = {
             let st = self.state.borrow();
             let cfg = st.config;
@@ -950,7 +1006,7 @@ impl<S: FileSystem> Log<S> {
     }
 
     /// Removes leading segments: first the checkpoint stops naming them,
-    /// then their files go. Caller holds `io_lock`.
+    /// then their files go. Caller holds both locks.
     async fn drop_segments_locked(&self, doomed: &[Offset]) -> Result<()> {
         let removed: Vec<Segment<S::File>> = {
             let mut st = self.state.borrow_mut();
@@ -975,7 +1031,7 @@ impl<S: FileSystem> Log<S> {
     /// longer readable, and whole segments below it are deleted. Durable on
     /// return. `offset` may not pass the end offset.
     pub async fn advance_start(&self, offset: Offset) -> Result<Offset> {
-        let _guard = self.io_lock.lock().await;
+        let _guards = self.lock_all().await;
         {
             let st = self.state.borrow();
             if offset > st.end_offset || offset < Offset::ZERO {
@@ -1016,7 +1072,7 @@ impl<S: FileSystem> Log<S> {
     /// Drops every batch holding an offset at or past `offset`; the log then
     /// ends with the last batch wholly below it. Durable on return.
     pub async fn truncate_to(&self, offset: Offset) -> Result<()> {
-        let _guard = self.io_lock.lock().await;
+        let _guards = self.lock_all().await;
         if offset >= self.end_offset() {
             return Ok(());
         }
@@ -1089,7 +1145,7 @@ impl<S: FileSystem> Log<S> {
     /// Syncs and checkpoints; further calls fail with `Closed`. Files close
     /// when the log is dropped.
     pub async fn close(&self) -> Result<()> {
-        let _guard = self.io_lock.lock().await;
+        let _guards = self.lock_all().await;
         if self.state.borrow().closed {
             return Ok(());
         }
@@ -1103,7 +1159,7 @@ impl<S: FileSystem> Log<S> {
 
     /// Closes the log and deletes its directory (DeleteTopics).
     pub async fn remove(&self) -> Result<()> {
-        let _guard = self.io_lock.lock().await;
+        let _guards = self.lock_all().await;
         self.state.borrow_mut().closed = true;
         self.pending_notify.notify_all();
         self.durable_notify.notify_all();
