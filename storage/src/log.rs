@@ -12,6 +12,12 @@
 //! buffer without waiting, unless they must roll a segment, retry after a
 //! disk fault, or wait for space in the write buffer.
 //!
+//! A sync outlives its caller: the broker drops a request's future when the
+//! request times out or its client goes away, and a sync dropped part way
+//! would skip its sealed bytes while later syncs call the log durable past
+//! them. So the sync's I/O lives in the log (`sync_in_flight`), and the
+//! next holder of `io_lock` finishes it before anything else.
+//!
 //! Group commit: a task that wants offset `o` durable waits for `io_lock`;
 //! whoever holds it syncs everything appended so far, so the waiters behind
 //! it usually find their offset durable when their turn comes.
@@ -26,13 +32,16 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use crate::appender::{Appender, run_job};
+use crate::appender::{Appender, SyncJob, run_job};
 use crate::batch::BatchHeader;
 use crate::cache::{BatchCache, CacheLogId};
 use crate::checkpoint::{Checkpoint, SegmentCheckpoint};
@@ -174,6 +183,18 @@ impl<F: StorageFile> State<F> {
     }
 }
 
+/// The writes and fdatasync of one sealed job; it gives the job back.
+type SyncIo<F> = Pin<Box<dyn Future<Output = (SyncJob<<F as StorageFile>::Buffer>, std::io::Result<()>)>>>;
+
+/// A sync under way, with what its success makes durable.
+struct SyncInFlight<F: StorageFile> {
+    io: SyncIo<F>,
+    path: PathBuf,
+    end_offset: Offset,
+    max_timestamp: i64,
+    synced_bytes: u64,
+}
+
 pub struct Log<S: FileSystem> {
     fs: S,
     dir: PathBuf,
@@ -195,6 +216,9 @@ pub struct Log<S: FileSystem> {
     /// on close.
     durable_notify: LocalNotify,
     state: RefCell<State<S::File>>,
+    /// The sync being run under `io_lock`, kept here rather than in its
+    /// caller's future so that it survives the caller (see `sync_locked`).
+    sync_in_flight: RefCell<Option<SyncInFlight<S::File>>>,
 }
 
 impl<S: FileSystem> Drop for Log<S> {
@@ -297,6 +321,7 @@ impl<S: FileSystem> Log<S> {
             pending_notify: LocalNotify::default(),
             sealed_notify: LocalNotify::default(),
             durable_notify: LocalNotify::default(),
+            sync_in_flight: RefCell::new(None),
             state: RefCell::new(State {
                 config,
                 start_offset,
@@ -618,6 +643,12 @@ impl<S: FileSystem> Log<S> {
 
     /// Writes and fdatasyncs the write buffer. Caller holds `io_lock`.
     async fn sync_locked(&self) -> Result<()> {
+        // A sync whose caller went away (a request timed out, a client left)
+        // is finished first: its writes may be in flight, and skipping its
+        // bytes would leave a hole that later syncs call durable.
+        if let Some(result) = self.finish_sync_in_flight().await {
+            result?;
+        }
         let (job, file, path, end_offset, max_timestamp) = {
             let mut st = self.state.borrow_mut();
             if st.closed {
@@ -638,38 +669,79 @@ impl<S: FileSystem> Log<S> {
             return Ok(());
         }
         let synced_bytes = job.end - self.state.borrow().writer.log.durable_end();
-        let result = run_job(file.as_ref(), &job).await;
+        let io: SyncIo<S::File> = Box::pin(async move {
+            let result = run_job(file.as_ref(), &job).await;
+            (job, result)
+        });
+        *self.sync_in_flight.borrow_mut() = Some(SyncInFlight {
+            io,
+            path,
+            end_offset,
+            max_timestamp,
+            synced_bytes,
+        });
+        self.finish_sync_in_flight()
+            .await
+            .expect("the sync just stored is in flight")
+    }
+
+    /// Drives the sync in flight, if any, to its end and records its
+    /// outcome, in the same poll that sees it end, so that no cancellation
+    /// falls between the two: a caller dropped part way leaves the sync in
+    /// `sync_in_flight` for the next holder of `io_lock`. Caller holds
+    /// `io_lock`.
+    async fn finish_sync_in_flight(&self) -> Option<Result<()>> {
+        std::future::poll_fn(|cx| {
+            let mut slot = self.sync_in_flight.borrow_mut();
+            let Some(in_flight) = slot.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let Poll::Ready((job, result)) = in_flight.io.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
+            let done = slot.take().expect("polled just above");
+            drop(slot);
+            Poll::Ready(Some(self.record_sync(done, job, result)))
+        })
+        .await
+    }
+
+    /// What a finished sync changes. No await: see `finish_sync_in_flight`.
+    fn record_sync(
+        &self,
+        done: SyncInFlight<S::File>,
+        job: SyncJob<<S::File as StorageFile>::Buffer>,
+        result: std::io::Result<()>,
+    ) -> Result<()> {
         // Waiters for room retry now, whatever the outcome.
         self.sealed_notify.notify_all();
-        {
-            let mut st = self.state.borrow_mut();
-            st.writer.log.finish(job, &result);
-            match &result {
-                Ok(()) => {
-                    st.sync_count += 1;
-                    if end_offset > st.durable_offset {
-                        self.durable_notify.notify_all();
-                    }
-                    st.durable_offset = st.durable_offset.max(end_offset);
-                    st.durable_max_timestamp = max_timestamp;
-                    if let Some(e) = st.write_error.take() {
-                        info!(dir = %self.dir.display(), error = %e, "writes recovered");
-                    }
-                    st.bytes_since_checkpoint += synced_bytes;
-                    if st.checkpoint_due() && st.flushers > 0 {
-                        // The flusher writes it, beside the next syncs.
-                        self.pending_notify.notify_all();
-                    }
+        let mut st = self.state.borrow_mut();
+        st.writer.log.finish(job, &result);
+        match &result {
+            Ok(()) => {
+                st.sync_count += 1;
+                if done.end_offset > st.durable_offset {
+                    self.durable_notify.notify_all();
                 }
-                Err(e) => {
-                    let err = StorageError::io("sync", &path, clone_io_error(e));
-                    warn!(dir = %self.dir.display(), error = %err, "sync failed; appends wait for a retry");
-                    st.write_error = Some(err.clone());
-                    return Err(err);
+                st.durable_offset = st.durable_offset.max(done.end_offset);
+                st.durable_max_timestamp = done.max_timestamp;
+                if let Some(e) = st.write_error.take() {
+                    info!(dir = %self.dir.display(), error = %e, "writes recovered");
                 }
+                st.bytes_since_checkpoint += done.synced_bytes;
+                if st.checkpoint_due() && st.flushers > 0 {
+                    // The flusher writes it, beside the next syncs.
+                    self.pending_notify.notify_all();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let err = StorageError::io("sync", &done.path, clone_io_error(e));
+                warn!(dir = %self.dir.display(), error = %err, "sync failed; appends wait for a retry");
+                st.write_error = Some(err.clone());
+                Err(err)
             }
         }
-        Ok(())
     }
 
     /// Seals the active segment and starts a new one at the end offset.
