@@ -13,6 +13,8 @@
 //! unsupported version (except ApiVersions, which is answered in v0 with
 //! UNSUPPORTED_VERSION so the client can downgrade), or a body that does not
 //! decode. A handler that panics closes the connection too; the shard lives.
+//! Requests already started when a connection closes still run to their
+//! end; only their responses are dropped.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -295,6 +297,13 @@ async fn write_responses(
     let _ = writer.close().await;
     gone.0.set(true);
     gone.1.notify_all();
+    // No more responses, but requests already started run to their end,
+    // as Kafka's do: dropping a handler part way would cancel whatever it
+    // was doing (an append, a sync, a group change). The connection's task
+    // lives until they finish, so that the broker's stop waits for them.
+    while let Some(pending) = queue.recv().await {
+        let _ = pending.outcome.await;
+    }
 }
 
 #[cfg(test)]
