@@ -38,22 +38,6 @@ pub struct SimFaults {
     pub yield_ppm: u32,
 }
 
-/// Pending once (waking itself at once), then ready.
-struct YieldOnce(bool);
-
-impl std::future::Future for YieldOnce {
-    type Output = ();
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.0 {
-            return std::task::Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    }
-}
-
 /// SplitMix64: small, fast, and enough for reproducible fault schedules.
 #[derive(Debug, Clone)]
 pub struct SimRng(u64);
@@ -434,7 +418,7 @@ impl SimFile {
             st.rng.chance_ppm(ppm)
         };
         if yields {
-            YieldOnce(false).await;
+            futures_lite::future::yield_now().await;
         }
     }
 }
