@@ -86,7 +86,7 @@ impl ClusterMetadata {
 /// topic's name.
 pub fn shard_of(topic: &str, partition: i32, shard_count: usize) -> usize {
     assert!(shard_count > 0 && partition >= 0);
-    let start = crc32c::crc32c(topic.as_bytes()) as u64;
+    let start = sluice_storage::batch::crc32c(topic.as_bytes()) as u64;
     ((start + partition as u64) % shard_count as u64) as usize
 }
 

@@ -35,7 +35,7 @@ pub const GROUP_LOG_PARTITIONS: i32 = 16;
 pub const SNAPSHOT_INTERVAL_BYTES: u64 = 16 << 20;
 /// The group log a group lives in.
 pub fn group_log_of(group_id: &str) -> i32 {
-    (crc32c::crc32c(group_id.as_bytes()) % GROUP_LOG_PARTITIONS as u32) as i32
+    (sluice_storage::batch::crc32c(group_id.as_bytes()) % GROUP_LOG_PARTITIONS as u32) as i32
 }
 
 /// A committed offset as the group coordinator keeps it.

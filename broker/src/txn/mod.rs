@@ -56,7 +56,7 @@ const SNAPSHOT_INTERVAL_BYTES: u64 = 16 << 20;
 const MARKER_WRITES_IN_FLIGHT_MAX: usize = 16;
 
 pub fn txn_log_of(transactional_id: &str) -> i32 {
-    (crc32c::crc32c(transactional_id.as_bytes()) % TXN_LOG_PARTITIONS as u32) as i32
+    (sluice_storage::batch::crc32c(transactional_id.as_bytes()) % TXN_LOG_PARTITIONS as u32) as i32
 }
 
 /// Which shard coordinates a transactional id.
