@@ -30,7 +30,7 @@
 //! - every byte below a segment's durable end is a valid frame on disk;
 //! - reads never return data at or past `durable_offset`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -417,14 +417,14 @@ impl<S: FileSystem> Log<S> {
         self.state.borrow().writer.log.pending_bytes()
     }
 
-    /// Returns once there are appended bytes that are not durable (or the
-    /// log is closed). A background flusher loops on this and
-    /// [`sync`](Self::sync), so that writing overlaps appending.
-    pub async fn wait_for_pending(&self) {
+    /// Waits until `ready` holds, the log closes, or `stop` is set (whoever
+    /// sets it notifies `pending_notify`). Everything `ready` looks at
+    /// notifies `pending_notify` when it changes.
+    async fn wait_for(&self, ready: impl Fn(&State<S::File>) -> bool, stop: &Cell<bool>) {
         loop {
             let listener = {
                 let st = self.state.borrow();
-                if st.closed || st.writer.log.pending_bytes() > 0 || st.checkpoint_due() {
+                if st.closed || stop.get() || ready(&st) {
                     return;
                 }
                 self.pending_notify.listen()
@@ -447,7 +447,8 @@ impl<S: FileSystem> Log<S> {
     /// (`Ok`) or a sync fails (`Err`; the caller backs off and runs it
     /// again). While it runs, appends that find the write buffer full wait
     /// for its next sync instead of syncing themselves, so appending and
-    /// writing overlap.
+    /// writing overlap; and checkpoints that fall due are written beside
+    /// the syncs, which go on meanwhile, so the disk keeps taking data.
     pub async fn flush_until_closed(&self) -> Result<()> {
         struct Registration<'a, S: FileSystem>(&'a Log<S>);
         impl<S: FileSystem> Drop for Registration<'_, S> {
@@ -459,16 +460,34 @@ impl<S: FileSystem> Log<S> {
         }
         self.state.borrow_mut().flushers += 1;
         let _registration = Registration(self);
-        loop {
-            self.wait_for_pending().await;
-            if self.is_closed() {
-                return Ok(());
+        // A failed sync stops the checkpoint loop too, but only between
+        // checkpoints: one dropped part way would leave its index writes
+        // sealed and never finished.
+        let stop = Cell::new(false);
+        let syncs = async {
+            let result = loop {
+                self.wait_for(|st| st.writer.log.pending_bytes() > 0, &stop).await;
+                if self.is_closed() {
+                    break Ok(());
+                }
+                if let Err(e) = self.sync().await {
+                    break Err(e);
+                }
+            };
+            stop.set(true);
+            self.pending_notify.notify_all();
+            result
+        };
+        let checkpoints = async {
+            loop {
+                self.wait_for(State::checkpoint_due, &stop).await;
+                if self.is_closed() || stop.get() {
+                    return;
+                }
+                self.checkpoint_if_due().await;
             }
-            if self.pending_bytes() > 0 {
-                self.sync().await?;
-            }
-            self.checkpoint_if_due().await;
-        }
+        };
+        futures_lite::future::zip(syncs, checkpoints).await.0
     }
 
     /// Appends one record batch (magic v2, as a producer sent it), assigning
@@ -1567,4 +1586,65 @@ async fn remove_segment_files<S: FileSystem>(fs: &S, dir: &Path, base: Offset) -
         }
     }
     fs.sync_dir(dir).await.map_err(io_err("sync dir", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::appender::AppenderConfig;
+    use crate::batch::build_batch;
+    use crate::io::sim::SimFileSystem;
+    use crate::testing::block_on;
+
+    const T0: i64 = 1_700_000_000_000;
+
+    async fn durable_past(log: &Log<SimFileSystem>, info: AppendInfo) {
+        loop {
+            let changed = log.durable_changed();
+            if log.durable_offset() > info.last_offset {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    #[test]
+    fn the_flusher_keeps_syncing_while_its_checkpoint_waits() {
+        let config = LogConfig {
+            checkpoint_interval_bytes: 4096,
+            appender: AppenderConfig {
+                chunk_bytes: 8192,
+                pooled_chunks_max: 4,
+                preallocate_bytes: 32768,
+            },
+            ..LogConfig::default()
+        };
+        block_on(async {
+            let fs = SimFileSystem::reliable(5);
+            let log = Log::open(fs, PathBuf::from("/data/t-0"), config, BatchCache::new(1 << 20), T0)
+                .await
+                .unwrap();
+            let body = async {
+                // Holding the checkpoint lock stands for a checkpoint whose
+                // writes and syncs are slow.
+                let held = log.checkpoint_lock.lock().await;
+                let first = log.append(Bytes::from(build_batch(4, 2000, T0)), T0).await.unwrap();
+                durable_past(&log, first).await;
+                assert!(log.state.borrow().checkpoint_due());
+                // The flusher's checkpoint now waits for the lock; its syncs
+                // must not (before, they waited behind it: a deadlock here).
+                let second = log.append(Bytes::from(build_batch(4, 2000, T0)), T0).await.unwrap();
+                durable_past(&log, second).await;
+                assert!(log.state.borrow().checkpoint_due(), "no checkpoint was written meanwhile");
+                drop(held);
+                // Released, the checkpoint covers both batches.
+                while log.state.borrow().checkpoint_due() {
+                    futures_lite::future::yield_now().await;
+                }
+                log.close().await.unwrap();
+            };
+            let (flushed, ()) = futures_lite::future::zip(log.flush_until_closed(), body).await;
+            flushed.unwrap();
+        });
+    }
 }
