@@ -94,13 +94,12 @@ pub struct Cli {
     )]
     pub fetch_max_bytes: usize,
 
-    /// Cache of recently written batches, per shard, for consumers near the tail.
-    #[arg(
-        long = "batch.cache.bytes",
-        env = "SLUICE_BATCH_CACHE_BYTES",
-        default_value_t = 134_217_728
-    )]
-    pub batch_cache_bytes: usize,
+    /// Cache of recently written batches, per shard, for consumers near the
+    /// tail. Default: 512 MiB per shard, or less where the shards' caches
+    /// would pass an eighth of the memory this process may use (the
+    /// machine's, or its cgroup's limit if lower); at least 64 MiB.
+    #[arg(long = "batch.cache.bytes", env = "SLUICE_BATCH_CACHE_BYTES")]
+    pub batch_cache_bytes: Option<usize>,
 
     /// How often retention runs.
     #[arg(
@@ -339,6 +338,7 @@ impl BrokerConfig {
         if cli.max_inflight_requests_per_connection == 0 || cli.max_connections == 0 {
             bail!("max.inflight.requests.per.connection and max.connections must be positive");
         }
+        let shard_cpus_len = shard_cpus.len();
         Ok(BrokerConfig {
             listen,
             advertised_host: host.to_string(),
@@ -352,7 +352,9 @@ impl BrokerConfig {
             inflight_requests_per_connection_max: cli.max_inflight_requests_per_connection,
             connections_max: cli.max_connections,
             fetch_bytes_max: cli.fetch_max_bytes.max(1024),
-            batch_cache_bytes: cli.batch_cache_bytes,
+            batch_cache_bytes: cli
+                .batch_cache_bytes
+                .unwrap_or_else(|| default_batch_cache_bytes(usable_memory_bytes(), shard_cpus_len)),
             retention_check_interval_ms: cli.log_retention_check_interval_ms.max(100),
             topic_defaults: defaults,
             group_limits: crate::group::state::GroupLimits {
@@ -438,12 +440,57 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) -
     Ok(())
 }
 
+/// The default batch cache of each shard: `BATCH_CACHE_BYTES_DEFAULT`,
+/// within an eighth of `memory` (if known) split among the shards, and at
+/// least `BATCH_CACHE_BYTES_MIN`. Kafka serves the tail from the page cache,
+/// which has all free memory; a consumer half a second behind a producer
+/// writing 1 GB/s to a shard should still read from memory, not from the
+/// disk, where its reads would compete with the producer's writes.
+fn default_batch_cache_bytes(memory: Option<u64>, shards: usize) -> usize {
+    let share = memory.map_or(u64::MAX, |m| m / 8 / shards.max(1) as u64);
+    let share = usize::try_from(share).unwrap_or(usize::MAX);
+    share.clamp(BATCH_CACHE_BYTES_MIN, BATCH_CACHE_BYTES_DEFAULT)
+}
+
+const BATCH_CACHE_BYTES_DEFAULT: usize = 512 << 20;
+const BATCH_CACHE_BYTES_MIN: usize = 64 << 20;
+
+/// Memory this process may use: the machine's, or its cgroup's (v2) limit
+/// if that is lower.
+fn usable_memory_bytes() -> Option<u64> {
+    // SAFETY: sysconf reads system constants; no memory is touched.
+    let (pages, page_bytes) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let machine = (pages > 0 && page_bytes > 0).then(|| pages as u64 * page_bytes as u64);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|limit| limit.trim().parse::<u64>().ok());
+    match (machine, cgroup) {
+        (Some(m), Some(c)) => Some(m.min(c)),
+        (m, c) => m.or(c),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> BrokerConfig {
         BrokerConfig::from_cli(Cli::parse_from(args)).unwrap()
+    }
+
+    #[test]
+    fn the_batch_cache_defaults_to_512_mib_a_shard_within_an_eighth_of_memory() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(default_batch_cache_bytes(Some(24 * GIB), 2), 512 << 20);
+        assert_eq!(default_batch_cache_bytes(Some(8 * GIB), 4), 256 << 20);
+        assert_eq!(default_batch_cache_bytes(Some(GIB), 4), BATCH_CACHE_BYTES_MIN);
+        assert_eq!(default_batch_cache_bytes(None, 1), BATCH_CACHE_BYTES_DEFAULT);
+        let memory = usable_memory_bytes().expect("this machine's memory");
+        let c = parse(&["sluice", "--cores", "1", "--cpuset", "none"]);
+        let expected = (memory / 8).clamp(BATCH_CACHE_BYTES_MIN as u64, BATCH_CACHE_BYTES_DEFAULT as u64);
+        assert_eq!(c.batch_cache_bytes as u64, expected);
+        let c = parse(&["sluice", "--batch.cache.bytes", "1048576"]);
+        assert_eq!(c.batch_cache_bytes, 1 << 20);
     }
 
     #[test]
