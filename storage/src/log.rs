@@ -106,6 +106,9 @@ pub struct LogStats {
     pub size_bytes: u64,
     /// Successful fdatasyncs of segment data since the log was opened.
     pub sync_count: u64,
+    /// Checkpoints that failed since the log was opened (the data stays
+    /// durable; recovery would scan further back).
+    pub checkpoint_failures: u64,
 }
 
 /// The writer side of the active (last) segment.
@@ -132,6 +135,7 @@ struct State<F: StorageFile> {
     write_error: Option<StorageError>,
     bytes_since_checkpoint: u64,
     sync_count: u64,
+    checkpoint_failures: u64,
     /// Tasks running `flush_until_closed`.
     flushers: u32,
     /// Stamped into each appended batch's partition leader epoch.
@@ -334,6 +338,7 @@ impl<S: FileSystem> Log<S> {
                 write_error: None,
                 bytes_since_checkpoint: 0,
                 sync_count: 0,
+                checkpoint_failures: 0,
                 flushers: 0,
                 leader_epoch: 0,
                 closed: false,
@@ -409,6 +414,7 @@ impl<S: FileSystem> Log<S> {
             segment_count: st.segments.len(),
             size_bytes: st.segments.values().map(|s| s.end).sum(),
             sync_count: st.sync_count,
+            checkpoint_failures: st.checkpoint_failures,
         }
     }
 
@@ -479,12 +485,20 @@ impl<S: FileSystem> Log<S> {
             result
         };
         let checkpoints = async {
+            // After a failed checkpoint (a full disk, say) the next try
+            // waits for the next sync, instead of failing again at once.
+            let mut failed_at: Option<u64> = None;
             loop {
-                self.wait_for(State::checkpoint_due, &stop).await;
+                self.wait_for(
+                    |st| st.checkpoint_due() && failed_at.is_none_or(|bytes| st.bytes_since_checkpoint > bytes),
+                    &stop,
+                )
+                .await;
                 if self.is_closed() || stop.get() {
                     return;
                 }
-                self.checkpoint_if_due().await;
+                let failed = self.checkpoint_if_due().await;
+                failed_at = failed.then(|| self.state.borrow().bytes_since_checkpoint);
             }
         };
         futures_lite::future::zip(syncs, checkpoints).await.0
@@ -644,9 +658,10 @@ impl<S: FileSystem> Log<S> {
     /// two index files and the checkpoint file, and syncs each and the
     /// directory, which under load took 10-50 ms, during which the log's
     /// acks=all appends used to wait.
-    async fn checkpoint_if_due(&self) {
+    /// Returns whether a checkpoint was due and failed.
+    async fn checkpoint_if_due(&self) -> bool {
         if !self.state.borrow().checkpoint_due() {
-            return;
+            return false;
         }
         let _guard = self.checkpoint_lock.lock().await;
         let due = {
@@ -654,10 +669,13 @@ impl<S: FileSystem> Log<S> {
             st.checkpoint_due() && !st.closed
         };
         // The data is durable either way; a failed checkpoint only means
-        // a longer recovery scan, and the next one will be retried.
+        // a longer recovery scan, and a later one is tried.
         if due && let Err(e) = self.checkpoint_locked().await {
             warn!(dir = %self.dir.display(), error = %e, "checkpoint failed");
+            self.state.borrow_mut().checkpoint_failures += 1;
+            return true;
         }
+        false
     }
 
     /// Writes and fdatasyncs the write buffer. Caller holds `io_lock`.
@@ -1593,7 +1611,7 @@ mod tests {
     use super::*;
     use crate::appender::AppenderConfig;
     use crate::batch::build_batch;
-    use crate::io::sim::SimFileSystem;
+    use crate::io::sim::{SimFaults, SimFileSystem};
     use crate::testing::block_on;
 
     const T0: i64 = 1_700_000_000_000;
@@ -1606,6 +1624,63 @@ mod tests {
             }
             changed.await;
         }
+    }
+
+    fn small_checkpoints() -> LogConfig {
+        LogConfig {
+            checkpoint_interval_bytes: 4096,
+            appender: AppenderConfig {
+                chunk_bytes: 8192,
+                pooled_chunks_max: 4,
+                preallocate_bytes: 32768,
+            },
+            ..LogConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_checkpoint_is_tried_again_after_the_next_sync_not_at_once() {
+        block_on(async {
+            // Every write and sync yields once, so that a checkpoint loop
+            // retrying at once would spin beside the test, not hang it.
+            let faults = SimFaults {
+                yield_ppm: 1_000_000,
+                ..SimFaults::default()
+            };
+            let fs = SimFileSystem::new(6, faults);
+            let log = Log::open(fs.clone(), PathBuf::from("/data/t-0"), small_checkpoints(), BatchCache::new(1 << 20), T0)
+                .await
+                .unwrap();
+            let settle = || async {
+                for _ in 0..200 {
+                    futures_lite::future::yield_now().await;
+                }
+            };
+            let body = async {
+                let first = log.append(Bytes::from(build_batch(1, 500, T0)), T0).await.unwrap();
+                durable_past(&log, first).await;
+                // The segment has its space reserved; a new file, as a
+                // checkpoint writes, finds the disk full.
+                fs.set_capacity(Some(fs.used_bytes()));
+                let second = log.append(Bytes::from(build_batch(4, 2000, T0)), T0).await.unwrap();
+                durable_past(&log, second).await;
+                settle().await;
+                assert_eq!(log.stats().checkpoint_failures, 1);
+                let third = log.append(Bytes::from(build_batch(1, 500, T0)), T0).await.unwrap();
+                durable_past(&log, third).await;
+                settle().await;
+                assert_eq!(log.stats().checkpoint_failures, 2, "tried again after the sync");
+                fs.set_capacity(None);
+                let fourth = log.append(Bytes::from(build_batch(1, 500, T0)), T0).await.unwrap();
+                durable_past(&log, fourth).await;
+                settle().await;
+                assert!(!log.state.borrow().checkpoint_due(), "written once there was room");
+                assert_eq!(log.stats().checkpoint_failures, 2);
+                log.close().await.unwrap();
+            };
+            let (flushed, ()) = futures_lite::future::zip(log.flush_until_closed(), body).await;
+            flushed.unwrap();
+        });
     }
 
     #[test]
