@@ -487,10 +487,12 @@ impl<S: FileSystem> Log<S> {
         let checkpoints = async {
             // After a failed checkpoint (a full disk, say) the next try
             // waits for the next sync, instead of failing again at once.
-            let mut failed_at: Option<u64> = None;
+            // (Counted in syncs, not in bytes since the last checkpoint:
+            // a roll's or a retention's checkpoint lowers those.)
+            let mut failed_at_sync: Option<u64> = None;
             loop {
                 self.wait_for(
-                    |st| st.checkpoint_due() && failed_at.is_none_or(|bytes| st.bytes_since_checkpoint > bytes),
+                    |st| st.checkpoint_due() && failed_at_sync.is_none_or(|n| st.sync_count > n),
                     &stop,
                 )
                 .await;
@@ -498,7 +500,7 @@ impl<S: FileSystem> Log<S> {
                     return;
                 }
                 let failed = self.checkpoint_if_due().await;
-                failed_at = failed.then(|| self.state.borrow().bytes_since_checkpoint);
+                failed_at_sync = failed.then(|| self.state.borrow().sync_count);
             }
         };
         futures_lite::future::zip(syncs, checkpoints).await.0
@@ -1685,18 +1687,9 @@ mod tests {
 
     #[test]
     fn the_flusher_keeps_syncing_while_its_checkpoint_waits() {
-        let config = LogConfig {
-            checkpoint_interval_bytes: 4096,
-            appender: AppenderConfig {
-                chunk_bytes: 8192,
-                pooled_chunks_max: 4,
-                preallocate_bytes: 32768,
-            },
-            ..LogConfig::default()
-        };
         block_on(async {
             let fs = SimFileSystem::reliable(5);
-            let log = Log::open(fs, PathBuf::from("/data/t-0"), config, BatchCache::new(1 << 20), T0)
+            let log = Log::open(fs, PathBuf::from("/data/t-0"), small_checkpoints(), BatchCache::new(1 << 20), T0)
                 .await
                 .unwrap();
             let body = async {
@@ -1712,10 +1705,12 @@ mod tests {
                 durable_past(&log, second).await;
                 assert!(log.state.borrow().checkpoint_due(), "no checkpoint was written meanwhile");
                 drop(held);
-                // Released, the checkpoint covers both batches.
-                while log.state.borrow().checkpoint_due() {
+                // Released, the checkpoint is written, covering both batches.
+                for _ in 0..200 {
                     futures_lite::future::yield_now().await;
                 }
+                assert!(!log.state.borrow().checkpoint_due());
+                assert_eq!(log.state.borrow().bytes_since_checkpoint, 0);
                 log.close().await.unwrap();
             };
             let (flushed, ()) = futures_lite::future::zip(log.flush_until_closed(), body).await;
