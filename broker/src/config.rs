@@ -7,7 +7,7 @@
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{ArgAction, CommandFactory, Parser};
@@ -97,7 +97,7 @@ pub struct Cli {
     /// Cache of recently written batches, per shard, for consumers near the
     /// tail. Default: 512 MiB per shard, or less where the shards' caches
     /// would pass an eighth of the memory this process may use (the
-    /// machine's, or its cgroup's limit if lower); at least 64 MiB.
+    /// machine's, or its cgroups' limit if lower); at least 64 MiB.
     #[arg(long = "batch.cache.bytes", env = "SLUICE_BATCH_CACHE_BYTES")]
     pub batch_cache_bytes: Option<usize>,
 
@@ -455,18 +455,52 @@ fn default_batch_cache_bytes(memory: Option<u64>, shards: usize) -> usize {
 const BATCH_CACHE_BYTES_DEFAULT: usize = 512 << 20;
 const BATCH_CACHE_BYTES_MIN: usize = 64 << 20;
 
-/// Memory this process may use: the machine's, or its cgroup's (v2) limit
-/// if that is lower.
+/// Memory this process may use: the machine's, or the lowest limit of its
+/// cgroup and the cgroups above it, if that is lower.
 fn usable_memory_bytes() -> Option<u64> {
     // SAFETY: sysconf reads system constants; no memory is touched.
     let (pages, page_bytes) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
     let machine = (pages > 0 && page_bytes > 0).then(|| pages as u64 * page_bytes as u64);
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
-        .and_then(|limit| limit.trim().parse::<u64>().ok());
+        .and_then(|membership| cgroup_memory_limit(&membership, |path| std::fs::read_to_string(path).ok()));
     match (machine, cgroup) {
         (Some(m), Some(c)) => Some(m.min(c)),
         (m, c) => m.or(c),
+    }
+}
+
+/// The lowest memory limit of this process's cgroup and the cgroups above
+/// it, from `/proc/self/cgroup` (`membership`): `memory.max` under cgroup v2,
+/// `memory.limit_in_bytes` under v1's memory controller (whose "no limit" is
+/// a huge number, which the machine's size then undercuts). `read` reads a
+/// file. Inside a cgroup namespace the path is `/`, and the namespace's root
+/// holds the limit.
+fn cgroup_memory_limit(membership: &str, read: impl Fn(&Path) -> Option<String>) -> Option<u64> {
+    let (root, own, file) = membership
+        .lines()
+        .find_map(|line| {
+            let (_, rest) = line.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then_some(("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes"))
+        })
+        .or_else(|| {
+            let path = membership.lines().find_map(|line| line.strip_prefix("0::"))?;
+            Some(("/sys/fs/cgroup", path, "memory.max"))
+        })?;
+    let root = Path::new(root);
+    let mut dir = root.join(own.trim().trim_start_matches('/'));
+    let mut lowest: Option<u64> = None;
+    loop {
+        if let Some(limit) = read(&dir.join(file)).and_then(|l| l.trim().parse::<u64>().ok()) {
+            lowest = Some(lowest.map_or(limit, |l| l.min(limit)));
+        }
+        if dir == root || !dir.pop() {
+            return lowest;
+        }
     }
 }
 
@@ -491,6 +525,30 @@ mod tests {
         assert_eq!(c.batch_cache_bytes as u64, expected);
         let c = parse(&["sluice", "--batch.cache.bytes", "1048576"]);
         assert_eq!(c.batch_cache_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn the_memory_limit_is_the_lowest_of_the_cgroup_and_those_above_it() {
+        let files = |path: &Path| match path.to_str()? {
+            "/sys/fs/cgroup/system.slice/sluice.service/memory.max" => Some("max\n".to_string()),
+            "/sys/fs/cgroup/system.slice/memory.max" => Some("8589934592\n".to_string()),
+            "/sys/fs/cgroup/memory.max" => Some("17179869184\n".to_string()),
+            _ => None,
+        };
+        let membership = "0::/system.slice/sluice.service\n";
+        assert_eq!(cgroup_memory_limit(membership, files), Some(8 << 30));
+        assert_eq!(cgroup_memory_limit("0::/\n", files), Some(16 << 30));
+        assert_eq!(cgroup_memory_limit("0::/other.slice\n", |_: &Path| None), None);
+        // cgroup v1's memory controller, as on hosts in hybrid mode.
+        let v1 = |path: &Path| match path.to_str()? {
+            "/sys/fs/cgroup/memory/jobs/a/memory.limit_in_bytes" => Some("9223372036854771712\n".to_string()),
+            "/sys/fs/cgroup/memory/jobs/memory.limit_in_bytes" => Some("4294967296\n".to_string()),
+            _ => None,
+        };
+        let hybrid = "5:devices:/\n4:memory:/jobs/a\n0::/\n";
+        assert_eq!(cgroup_memory_limit(hybrid, v1), Some(4 << 30));
+        assert_eq!(cgroup_memory_limit("4:cpu,memory:/jobs/a\n", v1), Some(4 << 30));
+        assert_eq!(cgroup_memory_limit("4:cpu:/jobs/a\n", v1), None);
     }
 
     #[test]
