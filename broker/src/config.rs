@@ -527,28 +527,29 @@ mod tests {
         assert_eq!(c.batch_cache_bytes, 1 << 20);
     }
 
+    /// A reader of files that holds only `files` (path, contents).
+    fn fake_files(files: &'static [(&'static str, &'static str)]) -> impl Fn(&Path) -> Option<String> {
+        move |path| files.iter().find(|(p, _)| Path::new(p) == path).map(|(_, c)| c.to_string())
+    }
+
     #[test]
     fn the_memory_limit_is_the_lowest_of_the_cgroup_and_those_above_it() {
-        let files = |path: &Path| match path.to_str()? {
-            "/sys/fs/cgroup/system.slice/sluice.service/memory.max" => Some("max\n".to_string()),
-            "/sys/fs/cgroup/system.slice/memory.max" => Some("8589934592\n".to_string()),
-            "/sys/fs/cgroup/memory.max" => Some("17179869184\n".to_string()),
-            _ => None,
-        };
-        let membership = "0::/system.slice/sluice.service\n";
-        assert_eq!(cgroup_memory_limit(membership, files), Some(8 << 30));
-        assert_eq!(cgroup_memory_limit("0::/\n", files), Some(16 << 30));
-        assert_eq!(cgroup_memory_limit("0::/other.slice\n", |_: &Path| None), None);
+        let v2 = fake_files(&[
+            ("/sys/fs/cgroup/system.slice/sluice.service/memory.max", "max\n"),
+            ("/sys/fs/cgroup/system.slice/memory.max", "8589934592\n"),
+            ("/sys/fs/cgroup/memory.max", "17179869184\n"),
+        ]);
+        assert_eq!(cgroup_memory_limit("0::/system.slice/sluice.service\n", &v2), Some(8 << 30));
+        assert_eq!(cgroup_memory_limit("0::/\n", &v2), Some(16 << 30));
+        assert_eq!(cgroup_memory_limit("0::/other.slice\n", fake_files(&[])), None);
         // cgroup v1's memory controller, as on hosts in hybrid mode.
-        let v1 = |path: &Path| match path.to_str()? {
-            "/sys/fs/cgroup/memory/jobs/a/memory.limit_in_bytes" => Some("9223372036854771712\n".to_string()),
-            "/sys/fs/cgroup/memory/jobs/memory.limit_in_bytes" => Some("4294967296\n".to_string()),
-            _ => None,
-        };
-        let hybrid = "5:devices:/\n4:memory:/jobs/a\n0::/\n";
-        assert_eq!(cgroup_memory_limit(hybrid, v1), Some(4 << 30));
-        assert_eq!(cgroup_memory_limit("4:cpu,memory:/jobs/a\n", v1), Some(4 << 30));
-        assert_eq!(cgroup_memory_limit("4:cpu:/jobs/a\n", v1), None);
+        let v1 = fake_files(&[
+            ("/sys/fs/cgroup/memory/jobs/a/memory.limit_in_bytes", "9223372036854771712\n"),
+            ("/sys/fs/cgroup/memory/jobs/memory.limit_in_bytes", "4294967296\n"),
+        ]);
+        assert_eq!(cgroup_memory_limit("5:devices:/\n4:memory:/jobs/a\n0::/\n", &v1), Some(4 << 30));
+        assert_eq!(cgroup_memory_limit("4:cpu,memory:/jobs/a\n", &v1), Some(4 << 30));
+        assert_eq!(cgroup_memory_limit("4:cpu:/jobs/a\n", &v1), None);
     }
 
     #[test]
