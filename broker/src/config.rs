@@ -482,10 +482,11 @@ fn cgroup_memory_limit(membership: &str, read: impl Fn(&Path) -> Option<String>)
         .find_map(|line| {
             let (_, rest) = line.split_once(':')?;
             let (controllers, path) = rest.split_once(':')?;
-            controllers
-                .split(',')
-                .any(|c| c == "memory")
-                .then_some(("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes"))
+            controllers.split(',').any(|c| c == "memory").then_some((
+                "/sys/fs/cgroup/memory",
+                path,
+                "memory.limit_in_bytes",
+            ))
         })
         .or_else(|| {
             let path = membership.lines().find_map(|line| line.strip_prefix("0::"))?;
@@ -529,7 +530,12 @@ mod tests {
 
     /// A reader of files that holds only `files` (path, contents).
     fn fake_files(files: &'static [(&'static str, &'static str)]) -> impl Fn(&Path) -> Option<String> {
-        move |path| files.iter().find(|(p, _)| Path::new(p) == path).map(|(_, c)| c.to_string())
+        move |path| {
+            files
+                .iter()
+                .find(|(p, _)| Path::new(p) == path)
+                .map(|(_, c)| c.to_string())
+        }
     }
 
     #[test]
@@ -539,15 +545,24 @@ mod tests {
             ("/sys/fs/cgroup/system.slice/memory.max", "8589934592\n"),
             ("/sys/fs/cgroup/memory.max", "17179869184\n"),
         ]);
-        assert_eq!(cgroup_memory_limit("0::/system.slice/sluice.service\n", &v2), Some(8 << 30));
+        assert_eq!(
+            cgroup_memory_limit("0::/system.slice/sluice.service\n", &v2),
+            Some(8 << 30)
+        );
         assert_eq!(cgroup_memory_limit("0::/\n", &v2), Some(16 << 30));
         assert_eq!(cgroup_memory_limit("0::/other.slice\n", fake_files(&[])), None);
         // cgroup v1's memory controller, as on hosts in hybrid mode.
         let v1 = fake_files(&[
-            ("/sys/fs/cgroup/memory/jobs/a/memory.limit_in_bytes", "9223372036854771712\n"),
+            (
+                "/sys/fs/cgroup/memory/jobs/a/memory.limit_in_bytes",
+                "9223372036854771712\n",
+            ),
             ("/sys/fs/cgroup/memory/jobs/memory.limit_in_bytes", "4294967296\n"),
         ]);
-        assert_eq!(cgroup_memory_limit("5:devices:/\n4:memory:/jobs/a\n0::/\n", &v1), Some(4 << 30));
+        assert_eq!(
+            cgroup_memory_limit("5:devices:/\n4:memory:/jobs/a\n0::/\n", &v1),
+            Some(4 << 30)
+        );
         assert_eq!(cgroup_memory_limit("4:cpu,memory:/jobs/a\n", &v1), Some(4 << 30));
         assert_eq!(cgroup_memory_limit("4:cpu:/jobs/a\n", &v1), None);
     }

@@ -1650,9 +1650,15 @@ mod tests {
                 ..SimFaults::default()
             };
             let fs = SimFileSystem::new(6, faults);
-            let log = Log::open(fs.clone(), PathBuf::from("/data/t-0"), small_checkpoints(), BatchCache::new(1 << 20), T0)
-                .await
-                .unwrap();
+            let log = Log::open(
+                fs.clone(),
+                PathBuf::from("/data/t-0"),
+                small_checkpoints(),
+                BatchCache::new(1 << 20),
+                T0,
+            )
+            .await
+            .unwrap();
             let settle = || async {
                 for _ in 0..200 {
                     futures_lite::future::yield_now().await;
@@ -1689,9 +1695,15 @@ mod tests {
     fn the_flusher_keeps_syncing_while_its_checkpoint_waits() {
         block_on(async {
             let fs = SimFileSystem::reliable(5);
-            let log = Log::open(fs, PathBuf::from("/data/t-0"), small_checkpoints(), BatchCache::new(1 << 20), T0)
-                .await
-                .unwrap();
+            let log = Log::open(
+                fs,
+                PathBuf::from("/data/t-0"),
+                small_checkpoints(),
+                BatchCache::new(1 << 20),
+                T0,
+            )
+            .await
+            .unwrap();
             let body = async {
                 // Holding the checkpoint lock stands for a checkpoint whose
                 // writes and syncs are slow.
@@ -1703,7 +1715,10 @@ mod tests {
                 // must not (before, they waited behind it: a deadlock here).
                 let second = log.append(Bytes::from(build_batch(4, 2000, T0)), T0).await.unwrap();
                 durable_past(&log, second).await;
-                assert!(log.state.borrow().checkpoint_due(), "no checkpoint was written meanwhile");
+                assert!(
+                    log.state.borrow().checkpoint_due(),
+                    "no checkpoint was written meanwhile"
+                );
                 drop(held);
                 // Released, the checkpoint is written, covering both batches.
                 for _ in 0..200 {
