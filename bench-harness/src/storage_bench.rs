@@ -334,8 +334,8 @@ const REACTOR_TURN_BYTES: usize = 256 << 10;
 /// waits, or its preempt timer fires (100 ms). An appender that never waits
 /// would keep the flusher's writes from reaching the disk while it copies;
 /// in the broker, appends come from request tasks that wait on their
-/// sockets between requests, so the rings turn anyway. A timer that is
-/// still pending makes this task wait for exactly one turn.
+/// sockets between requests, so the rings turn anyway. A 1 µs timer is
+/// still pending when first polled, so this task waits for about one turn.
 async fn reactor_turn() {
     glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
 }

@@ -303,10 +303,11 @@ impl BrokerConfig {
                 (0..cores).map(|i| (cores <= online).then_some(i)).collect()
             }
         };
-        let io_cpus = match cli.io_cpuset.as_deref() {
-            Some(list) => Some(parse_cpu_list(list).with_context(|| format!("--io-cpuset {list}"))?),
-            None => None,
-        };
+        let io_cpus = cli
+            .io_cpuset
+            .as_deref()
+            .map(|list| parse_cpu_list(list).with_context(|| format!("--io-cpuset {list}")))
+            .transpose()?;
         let defaults = TopicDefaults {
             num_partitions: cli.num_partitions,
             replication_factor: cli.default_replication_factor,
@@ -464,10 +465,7 @@ fn usable_memory_bytes() -> Option<u64> {
     let cgroup = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
         .and_then(|membership| cgroup_memory_limit(&membership, |path| std::fs::read_to_string(path).ok()));
-    match (machine, cgroup) {
-        (Some(m), Some(c)) => Some(m.min(c)),
-        (m, c) => m.or(c),
-    }
+    machine.into_iter().chain(cgroup).min()
 }
 
 /// The lowest memory limit of this process's cgroup and the cgroups above
@@ -492,17 +490,11 @@ fn cgroup_memory_limit(membership: &str, read: impl Fn(&Path) -> Option<String>)
             let path = membership.lines().find_map(|line| line.strip_prefix("0::"))?;
             Some(("/sys/fs/cgroup", path, "memory.max"))
         })?;
-    let root = Path::new(root);
-    let mut dir = root.join(own.trim().trim_start_matches('/'));
-    let mut lowest: Option<u64> = None;
-    loop {
-        if let Some(limit) = read(&dir.join(file)).and_then(|l| l.trim().parse::<u64>().ok()) {
-            lowest = Some(lowest.map_or(limit, |l| l.min(limit)));
-        }
-        if dir == root || !dir.pop() {
-            return lowest;
-        }
-    }
+    Path::new(own.trim())
+        .ancestors()
+        .filter_map(|dir| read(&Path::new(root).join(dir.strip_prefix("/").unwrap_or(dir)).join(file)))
+        .filter_map(|limit| limit.trim().parse::<u64>().ok())
+        .min()
 }
 
 #[cfg(test)]

@@ -655,12 +655,11 @@ impl<S: FileSystem> Log<S> {
         (io, self.checkpoint_lock.lock().await)
     }
 
-    /// Writes a checkpoint if enough was synced since the last one. Runs
-    /// beside syncs (it holds `checkpoint_lock` only): a checkpoint writes
-    /// two index files and the checkpoint file, and syncs each and the
-    /// directory, which under load took 10-50 ms, during which the log's
-    /// acks=all appends used to wait.
-    /// Returns whether a checkpoint was due and failed.
+    /// Writes a checkpoint if enough was synced since the last one, and
+    /// returns whether one was due and failed. Runs beside syncs (it holds
+    /// `checkpoint_lock` only): a checkpoint writes two index files and the
+    /// checkpoint file, and syncs each and the directory, 10-50 ms under
+    /// load, which acks=all appends should not wait for.
     async fn checkpoint_if_due(&self) -> bool {
         if !self.state.borrow().checkpoint_due() {
             return false;
@@ -1618,7 +1617,29 @@ mod tests {
 
     const T0: i64 = 1_700_000_000_000;
 
-    async fn durable_past(log: &Log<SimFileSystem>, info: AppendInfo) {
+    /// A log that falls due for a checkpoint every 4 KiB synced.
+    async fn open_small_checkpoints(fs: SimFileSystem) -> Log<SimFileSystem> {
+        let config = LogConfig {
+            checkpoint_interval_bytes: 4096,
+            appender: AppenderConfig {
+                chunk_bytes: 8192,
+                pooled_chunks_max: 4,
+                preallocate_bytes: 32768,
+            },
+            ..LogConfig::default()
+        };
+        Log::open(fs, PathBuf::from("/data/t-0"), config, BatchCache::new(1 << 20), T0)
+            .await
+            .unwrap()
+    }
+
+    /// Appends a batch of `records` of `value_bytes` each, and waits until
+    /// someone else (the flusher) has made it durable.
+    async fn append_until_durable(log: &Log<SimFileSystem>, records: i32, value_bytes: usize) {
+        let info = log
+            .append(Bytes::from(build_batch(records, value_bytes, T0)), T0)
+            .await
+            .unwrap();
         loop {
             let changed = log.durable_changed();
             if log.durable_offset() > info.last_offset {
@@ -1628,15 +1649,10 @@ mod tests {
         }
     }
 
-    fn small_checkpoints() -> LogConfig {
-        LogConfig {
-            checkpoint_interval_bytes: 4096,
-            appender: AppenderConfig {
-                chunk_bytes: 8192,
-                pooled_chunks_max: 4,
-                preallocate_bytes: 32768,
-            },
-            ..LogConfig::default()
+    /// Lets the other tasks run for a while.
+    async fn settle() {
+        for _ in 0..200 {
+            futures_lite::future::yield_now().await;
         }
     }
 
@@ -1650,37 +1666,20 @@ mod tests {
                 ..SimFaults::default()
             };
             let fs = SimFileSystem::new(6, faults);
-            let log = Log::open(
-                fs.clone(),
-                PathBuf::from("/data/t-0"),
-                small_checkpoints(),
-                BatchCache::new(1 << 20),
-                T0,
-            )
-            .await
-            .unwrap();
-            let settle = || async {
-                for _ in 0..200 {
-                    futures_lite::future::yield_now().await;
-                }
-            };
+            let log = open_small_checkpoints(fs.clone()).await;
             let body = async {
-                let first = log.append(Bytes::from(build_batch(1, 500, T0)), T0).await.unwrap();
-                durable_past(&log, first).await;
+                append_until_durable(&log, 1, 500).await;
                 // The segment has its space reserved; a new file, as a
                 // checkpoint writes, finds the disk full.
                 fs.set_capacity(Some(fs.used_bytes()));
-                let second = log.append(Bytes::from(build_batch(4, 2000, T0)), T0).await.unwrap();
-                durable_past(&log, second).await;
+                append_until_durable(&log, 4, 2000).await;
                 settle().await;
                 assert_eq!(log.stats().checkpoint_failures, 1);
-                let third = log.append(Bytes::from(build_batch(1, 500, T0)), T0).await.unwrap();
-                durable_past(&log, third).await;
+                append_until_durable(&log, 1, 500).await;
                 settle().await;
                 assert_eq!(log.stats().checkpoint_failures, 2, "tried again after the sync");
                 fs.set_capacity(None);
-                let fourth = log.append(Bytes::from(build_batch(1, 500, T0)), T0).await.unwrap();
-                durable_past(&log, fourth).await;
+                append_until_durable(&log, 1, 500).await;
                 settle().await;
                 assert!(!log.state.borrow().checkpoint_due(), "written once there was room");
                 assert_eq!(log.stats().checkpoint_failures, 2);
@@ -1694,36 +1693,23 @@ mod tests {
     #[test]
     fn the_flusher_keeps_syncing_while_its_checkpoint_waits() {
         block_on(async {
-            let fs = SimFileSystem::reliable(5);
-            let log = Log::open(
-                fs,
-                PathBuf::from("/data/t-0"),
-                small_checkpoints(),
-                BatchCache::new(1 << 20),
-                T0,
-            )
-            .await
-            .unwrap();
+            let log = open_small_checkpoints(SimFileSystem::reliable(5)).await;
             let body = async {
                 // Holding the checkpoint lock stands for a checkpoint whose
                 // writes and syncs are slow.
                 let held = log.checkpoint_lock.lock().await;
-                let first = log.append(Bytes::from(build_batch(4, 2000, T0)), T0).await.unwrap();
-                durable_past(&log, first).await;
+                append_until_durable(&log, 4, 2000).await;
                 assert!(log.state.borrow().checkpoint_due());
                 // The flusher's checkpoint now waits for the lock; its syncs
                 // must not (before, they waited behind it: a deadlock here).
-                let second = log.append(Bytes::from(build_batch(4, 2000, T0)), T0).await.unwrap();
-                durable_past(&log, second).await;
+                append_until_durable(&log, 4, 2000).await;
                 assert!(
                     log.state.borrow().checkpoint_due(),
                     "no checkpoint was written meanwhile"
                 );
                 drop(held);
                 // Released, the checkpoint is written, covering both batches.
-                for _ in 0..200 {
-                    futures_lite::future::yield_now().await;
-                }
+                settle().await;
                 assert!(!log.state.borrow().checkpoint_due());
                 assert_eq!(log.state.borrow().bytes_since_checkpoint, 0);
                 log.close().await.unwrap();

@@ -295,11 +295,13 @@ fn a_flipped_bit_is_never_served() {
 /// at random so that the tasks interleave (appends land while a sync's
 /// writes are in flight; waiters and the flusher share syncs), some waits
 /// given up part way, then a crash at a random point. Every batch whose
-/// durability was confirmed is read back byte-exact. (Before syncs
-/// outlived their callers, a wait given up mid-sync left a hole that
-/// later syncs called durable: seed 0 read a corrupt frame.) (It caught both mistakes planted while trying to
-/// overlap one sync's writes with the previous fdatasync: a job confirmed
-/// without its own sync, and a failed job's follower not written again.)
+/// durability was confirmed is read back byte-exact.
+///
+/// Before syncs outlived their callers, a wait given up mid-sync left a
+/// hole that later syncs called durable: seed 0 read a corrupt frame. It
+/// also caught both mistakes planted while trying to overlap one sync's
+/// writes with the previous fdatasync: a job confirmed without its own
+/// sync, and a failed job's follower not written again.
 fn concurrent_faulty_run(seed: u64) {
     const APPENDERS: u64 = 4;
     const BATCHES_PER_APPENDER: usize = 40;
