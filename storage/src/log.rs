@@ -49,7 +49,7 @@ use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::frame::{CRC_FIELD, FRAME_HEADER_BYTES, FrameError, FrameHeader};
 use crate::index::{NewEntries, OFFSET_ENTRY_BYTES, SegmentIndex, TIME_ENTRY_BYTES};
-use crate::io::{FileSystem, StorageFile, align_up, read_file, write_file_atomic};
+use crate::io::{ALIGN, FileSystem, StorageFile, align_up, read_file, write_file_atomic};
 use crate::local_sync::{LocalMutex, LocalMutexGuard, LocalNotify};
 use crate::offset::Offset;
 use crate::segment::{
@@ -962,7 +962,7 @@ impl<S: FileSystem> Log<S> {
         bytes_max: usize,
         min_one: bool,
     ) -> Result<(Vec<ServedBatch>, Offset)> {
-        let (file, path, pos, readable_end, segment_next) = {
+        let (file, path, pos, readable_end, segment_next, index_interval) = {
             let st = self.state.borrow();
             let Some((_, seg)) = st.segments.range(..=from).next_back() else {
                 return Ok((Vec::new(), from));
@@ -978,12 +978,20 @@ impl<S: FileSystem> Log<S> {
                 seg.index.position_for_offset(from),
                 readable_end,
                 seg.next_offset,
+                st.config.index_interval_bytes,
             )
         };
-        let chunk_bytes = bytes_max
-            .saturating_add(FRAME_HEADER_BYTES)
+        // What returning `bytes_max` takes: the frames before `from` since
+        // the index entry, the payloads, their headers (a 64th covers frames
+        // of 3 KiB and more; for smaller ones a refill reads the rest), and
+        // the header of the frame that no longer fits.
+        let read_budget = (bytes_max as u64)
+            .saturating_add(bytes_max as u64 / 64)
+            .saturating_add(index_interval + (ALIGN + FRAME_HEADER_BYTES) as u64);
+        let chunk_bytes = usize::try_from(read_budget)
+            .unwrap_or(usize::MAX)
             .clamp(READ_CHUNK_BYTES_MIN, READ_CHUNK_BYTES_MAX);
-        let mut cursor = FrameCursor::new(file.as_ref(), pos, readable_end, chunk_bytes);
+        let mut cursor = FrameCursor::new(file.as_ref(), pos, readable_end, chunk_bytes).with_read_budget(read_budget);
         let mut out = Vec::new();
         let mut next = from;
         let mut bytes = 0usize;

@@ -61,6 +61,10 @@ impl<F: StorageFile> Segment<F> {
     }
 }
 
+/// Smallest refill once a cursor's read budget is spent: frames much smaller
+/// than this still share I/Os.
+const REFILL_BYTES_MIN: u64 = 64 << 10;
+
 /// Walks the frames of a segment file from a position, reading in chunks so
 /// that many frames share one I/O. Payloads come back as slices of the chunk.
 pub struct FrameCursor<'a, F: StorageFile> {
@@ -70,6 +74,9 @@ pub struct FrameCursor<'a, F: StorageFile> {
     chunk: Bytes,
     chunk_pos: u64,
     chunk_bytes: usize,
+    /// Bytes the caller expects to need from here on; once read, a refill
+    /// reads only what is asked for, not a whole chunk.
+    read_budget: u64,
 }
 
 impl<'a, F: StorageFile> FrameCursor<'a, F> {
@@ -83,7 +90,17 @@ impl<'a, F: StorageFile> FrameCursor<'a, F> {
             chunk: Bytes::new(),
             chunk_pos: 0,
             chunk_bytes,
+            read_budget: u64::MAX,
         }
+    }
+
+    /// Caps the chunked reads at about `bytes` in all: past them, a frame
+    /// or header that crosses the end of the chunk is read alone. For a
+    /// reader that stops at a byte budget, so that the header or frame
+    /// just past its budget does not cost a whole chunk.
+    pub fn with_read_budget(mut self, bytes: u64) -> FrameCursor<'a, F> {
+        self.read_budget = bytes;
+        self
     }
 
     pub fn position(&self) -> u64 {
@@ -105,21 +122,30 @@ impl<'a, F: StorageFile> FrameCursor<'a, F> {
             // Still load what is there, so the caller can tell zeroes (a
             // clean end) from the start of a cut-off frame.
             let rest = self.limit.saturating_sub(self.pos);
-            if rest > 0 && !self.has(rest.min(FRAME_HEADER_BYTES as u64)) {
-                self.chunk_pos = align_down(self.pos);
-                let read_len = (self.limit - self.chunk_pos).min(self.chunk_bytes as u64) as usize;
-                self.chunk = self.file.read_at(self.chunk_pos, read_len).await?;
+            let needed = rest.min(FRAME_HEADER_BYTES as u64);
+            if rest > 0 && !self.has(needed) {
+                self.read_from(align_down(self.pos), needed).await?;
             }
             return Ok(false);
         }
         if self.has(len) {
             return Ok(true);
         }
-        self.chunk_pos = align_down(self.pos);
-        let want = (self.pos - self.chunk_pos + len).max(self.chunk_bytes as u64);
-        let read_len = want.min(self.limit - self.chunk_pos) as usize;
-        self.chunk = self.file.read_at(self.chunk_pos, read_len).await?;
+        self.read_from(align_down(self.pos), len).await?;
         Ok(self.has(len))
+    }
+
+    /// Replaces the chunk with one read at `chunk_pos` that holds at least
+    /// the `len` bytes from the cursor (if the limit allows), and a chunk's
+    /// worth while the read budget lasts.
+    async fn read_from(&mut self, chunk_pos: u64, len: u64) -> io::Result<()> {
+        let chunk = (self.chunk_bytes as u64).min(self.read_budget.max(REFILL_BYTES_MIN));
+        let want = (self.pos - chunk_pos + len).max(chunk);
+        let read_len = want.min(self.limit - chunk_pos);
+        self.chunk_pos = chunk_pos;
+        self.chunk = self.file.read_at(chunk_pos, read_len as usize).await?;
+        self.read_budget = self.read_budget.saturating_sub(read_len);
+        Ok(())
     }
 
     /// The header of the frame at the cursor, shape-checked (not CRC).

@@ -478,3 +478,54 @@ fn a_failed_sync_is_reported_and_retried() {
     let log = open(&crashed, small_config(), T0);
     block_on(assert_matches(&log, &model));
 }
+
+#[test]
+fn a_consumer_reading_from_disk_reads_little_more_than_it_gets() {
+    // Batches of one record of 1 KiB, and of 15 (as sluice-bench sends).
+    for (records, count) in [(1, 3000), (15, 400)] {
+        // No cache: every read goes to the disk, as for a consumer far behind.
+        let fs = SimFileSystem::reliable(31);
+        let log = block_on(Log::open(
+            fs.clone(),
+            dir(),
+            LogConfig::default(),
+            BatchCache::new(0),
+            T0,
+        ))
+        .expect("open");
+        block_on(async {
+            for _ in 0..count {
+                log.append(Bytes::from(build_batch(records, 1000, T0)), T0)
+                    .await
+                    .unwrap();
+            }
+            log.sync().await.unwrap();
+            let limits = ReadLimits {
+                bytes_max: 1 << 20,
+                ..everything()
+            };
+            let mut next = Offset(0);
+            let mut reads = 0;
+            while next < log.end_offset() {
+                let before = fs.bytes_read();
+                let got = read_bytes(&log, next, limits).await.unwrap();
+                let returned: usize = got.iter().map(|b| b.len()).sum();
+                let read = (fs.bytes_read() - before) as usize;
+                assert!(returned > 0 && returned <= limits.bytes_max);
+                // The frames' headers, what lies between the index entry
+                // and `from`, and the header of the frame that does not fit
+                // are the overhead, with a refill or two of 64 KiB for
+                // small frames. (Reading a whole chunk again for that one
+                // header read up to twice what was returned.)
+                assert!(
+                    read <= returned + returned / 16 + (128 << 10),
+                    "{records}-record batches: read {read} bytes from disk to return {returned}"
+                );
+                let last = got.last().unwrap();
+                next = Offset(base_of(last) + last_delta(last) + 1);
+                reads += 1;
+            }
+            assert!(reads >= 3, "{reads} reads");
+        });
+    }
+}
