@@ -276,6 +276,35 @@ def test_one_mib_messages_round_trip_and_oversized_batch_is_rejected(broker):
     assert tracker.delivered[b"after"] == (0, len(values))
 
 
+# With no batch cache every fetch reads the disk, where a shard reads the
+# partitions a fetch's budget reaches all at once and cuts the results to
+# the budget in partition order.
+@pytest.mark.broker_args("--batch.cache.bytes=0")
+def test_fetches_from_disk_within_small_budgets_return_every_message_in_order(broker):
+    topic = "from-disk"
+    partitions = list(range(8))
+    create_topic(broker.bootstrap, topic, len(partitions))
+    rng = random.Random(11)
+    values = [b"%06d|" % i + rng.randbytes(rng.randrange(3000)) for i in range(4000)]
+    tracker = DeliveryTracker()
+    producer = make_producer(broker.bootstrap)
+    for i, value in enumerate(values):
+        produce(producer, topic, partition=i % len(partitions), value=value, on_delivery=tracker)
+        producer.poll(0)
+    flush(producer, 60)
+    assert not tracker.failed, tracker.failed
+    expected = [[v for i, v in enumerate(values) if i % len(partitions) == p] for p in partitions]
+
+    # Budgets far below the data: the partition limits add up to more than
+    # the response's, and batches of up to 1 MB exceed both.
+    small = {"fetch_max_bytes": 40000, "max_partition_fetch_bytes": 9000, "message_max_bytes": 20000}
+    for overrides in (small, {}):
+        records = consume_all(broker.bootstrap, topic, partitions, len(values), **overrides)
+        got = [[r.value for r in records if r.partition == p] for p in partitions]
+        for p in partitions:
+            assert got[p] == expected[p], f"partition {p} differs with {overrides or 'default budgets'}"
+
+
 # -- 4. ListOffsets by timestamp ------------------------------------------------
 
 TIMES_MESSAGE_COUNT = 10

@@ -256,58 +256,121 @@ async fn read_all(
     out.into_iter().map(|r| r.expect("every slot was read")).collect()
 }
 
-/// Reads the owner's slots in order within the response's byte budget, so
-/// a fetch of many partitions holds at most about `max_bytes` per shard.
+/// Partition reads of one fetch that one shard runs at once.
+const PARTITION_READS_IN_FLIGHT_MAX: usize = 16;
+
+/// Reads the owner's slots within the response's byte budget, so a fetch
+/// of many partitions holds at most about `max_bytes` per shard.
+///
+/// As Kafka does, partitions take the budget in request order. To overlap
+/// their disk reads (a consumer behind the cache would otherwise wait for
+/// one partition's read after another), the partitions the budget reaches
+/// in full are read at once, each allotted its limit out of what the ones
+/// before it could take; then the results are taken in order, each cut to
+/// what is left (only a batch over the limits, returned because it came
+/// first, can overrun an allotment). Partitions the allotments did not
+/// reach are read after, one at a time, from what the others left.
 async fn read_on_owner(shard: &Rc<Shard>, slots: Vec<(usize, Slot)>, max_bytes: usize) -> Vec<(usize, SlotRead)> {
+    let allotments = allot(slots.iter().map(|(_, slot)| slot.partition_max_bytes), max_bytes);
+    let first_round: Vec<_> = slots
+        .iter()
+        .zip(&allotments)
+        .filter(|(_, allotted)| **allotted > 0)
+        .map(|((_, slot), allotted)| read_slot(shard, slot, *allotted, true))
+        .collect();
+    let mut first_reads = sluice_storage::local_sync::join_bounded(first_round, PARTITION_READS_IN_FLIGHT_MAX)
+        .await
+        .into_iter();
     let mut out = Vec::with_capacity(slots.len());
     let mut budget = max_bytes;
-    for (i, slot) in slots {
-        let Some(partition) = shard.partition(&slot.name, slot.index) else {
-            out.push((i, SlotRead::error(ResponseError::NotLeaderOrFollower.code())));
-            continue;
+    for ((i, slot), allotted) in slots.into_iter().zip(allotments) {
+        let mut read = if allotted > 0 {
+            first_reads.next().expect("one read per allotted slot")
+        } else {
+            read_slot(shard, &slot, slot.partition_max_bytes.min(budget), budget == max_bytes).await
         };
-        let high_watermark = partition.high_watermark();
-        let last_stable = partition.last_stable_offset();
-        let log_start = partition.log_start_offset();
-        let limits = ReadLimits {
-            bytes_max: slot.partition_max_bytes.min(budget),
-            upper: if slot.read_committed {
-                last_stable
-            } else {
-                high_watermark
-            },
-            // The first batch of the first partition with data comes even
-            // when larger than the limits (KIP-74).
-            min_one: budget == max_bytes,
-        };
-        let read = match partition.log.read(Offset(slot.fetch_offset), limits).await {
-            Ok(batches) => {
-                let aborted = match (slot.read_committed, batches.first(), batches.last()) {
-                    (true, Some(first), Some(last)) => partition.aborted_in(first.base_offset(), last.next_offset()),
-                    _ => Vec::new(),
-                };
-                SlotRead {
-                    error_code: 0,
-                    high_watermark: high_watermark.0,
-                    last_stable_offset: last_stable.0,
-                    log_start_offset: log_start.0,
-                    batches,
-                    aborted,
-                }
-            }
-            Err(e) => SlotRead {
-                error_code: storage_error_code(&format!("fetch from {}-{}", slot.name, slot.index), &e),
-                high_watermark: high_watermark.0,
-                last_stable_offset: last_stable.0,
-                log_start_offset: log_start.0,
-                batches: Vec::new(),
-                aborted: Vec::new(),
-            },
-        };
-        budget = budget.saturating_sub(read.bytes());
+        let (kept, taken) = fit(read.batches.iter().map(|b| b.len()), budget, budget == max_bytes);
+        read.batches.truncate(kept);
+        budget = budget.saturating_sub(taken);
         out.push((i, read));
     }
     out
+}
+
+/// Each partition's share of `max_bytes`, in order: its limit, or what the
+/// ones before it leave if they take theirs in full.
+fn allot(limits: impl Iterator<Item = usize>, max_bytes: usize) -> Vec<usize> {
+    let mut left = max_bytes;
+    limits
+        .map(|limit| {
+            let allotted = limit.min(left);
+            left -= allotted;
+            allotted
+        })
+        .collect()
+}
+
+/// How many of a partition's batches (of `lens` bytes) fit in `budget`,
+/// and their bytes. The response's first batch comes whole even when
+/// over the limits (KIP-74), so with `response_empty` the first batch
+/// always fits.
+fn fit(lens: impl Iterator<Item = usize>, budget: usize, response_empty: bool) -> (usize, usize) {
+    let mut kept = 0;
+    let mut taken = 0;
+    for len in lens {
+        if taken + len > budget && !(response_empty && kept == 0) {
+            break;
+        }
+        taken += len;
+        kept += 1;
+    }
+    (kept, taken)
+}
+
+/// Reads one partition: at most `bytes_max`, or its first batch whole when
+/// `min_one` and that batch alone is larger.
+async fn read_slot(shard: &Rc<Shard>, slot: &Slot, bytes_max: usize, min_one: bool) -> SlotRead {
+    let Some(partition) = shard.partition(&slot.name, slot.index) else {
+        return SlotRead::error(ResponseError::NotLeaderOrFollower.code());
+    };
+    let high_watermark = partition.high_watermark();
+    let last_stable = partition.last_stable_offset();
+    let log_start = partition.log_start_offset();
+    let limits = ReadLimits {
+        bytes_max,
+        upper: if slot.read_committed {
+            last_stable
+        } else {
+            high_watermark
+        },
+        min_one,
+    };
+    match partition.log.read(Offset(slot.fetch_offset), limits).await {
+        Ok(batches) => {
+            // Cutting batches off the end later leaves this list a superset
+            // of what is returned, which clients accept.
+            let aborted = match (slot.read_committed, batches.first(), batches.last()) {
+                (true, Some(first), Some(last)) => partition.aborted_in(first.base_offset(), last.next_offset()),
+                _ => Vec::new(),
+            };
+            SlotRead {
+                error_code: 0,
+                high_watermark: high_watermark.0,
+                last_stable_offset: last_stable.0,
+                log_start_offset: log_start.0,
+                batches,
+                aborted,
+            }
+        }
+        Err(e) => SlotRead {
+            error_code: storage_error_code(&format!("fetch from {}-{}", slot.name, slot.index), &e),
+            high_watermark: high_watermark.0,
+            last_stable_offset: last_stable.0,
+            log_start_offset: log_start.0,
+            batches: Vec::new(),
+            aborted: Vec::new(),
+        },
+    }
 }
 
 /// Waits until any slot's partition may have new data, the deadline, or
@@ -369,4 +432,30 @@ async fn wait_on_owner(shard: &Rc<Shard>, slots: Vec<Slot>, deadline: Instant) {
     let mut all = changed;
     all.push(Box::pin(shard.stopped()));
     runtime::timeout(remaining, runtime::first_of(all)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_allotted_the_budget_in_order() {
+        assert_eq!(allot([100, 100, 100].into_iter(), 250), vec![100, 100, 50]);
+        assert_eq!(allot([300, 100].into_iter(), 250), vec![250, 0]);
+        assert_eq!(allot([10, 20].into_iter(), 1000), vec![10, 20]);
+        assert_eq!(allot(std::iter::empty(), 1000), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_read_is_cut_to_what_is_left_of_the_budget() {
+        // Whole batches that fit, then nothing past the first that does not.
+        assert_eq!(fit([40, 40, 40].into_iter(), 100, false), (2, 80));
+        assert_eq!(fit([40, 80, 10].into_iter(), 100, false), (1, 40));
+        assert_eq!(fit([40, 40].into_iter(), 0, false), (0, 0));
+        // The response's first batch comes whole however large (KIP-74),
+        // and only it: the next ones must fit what is left.
+        assert_eq!(fit([500, 10].into_iter(), 100, true), (1, 500));
+        assert_eq!(fit([500].into_iter(), 100, false), (0, 0));
+        assert_eq!(fit([60, 60].into_iter(), 100, true), (1, 60));
+    }
 }
