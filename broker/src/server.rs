@@ -24,7 +24,7 @@ use glommio::sync::Gate;
 use glommio::{LocalExecutorBuilder, Placement};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use sluice_storage::local_sync::LocalNotify;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::BrokerConfig;
 use crate::connection;
@@ -37,6 +37,10 @@ use crate::watchdog::{self, Watchdog};
 /// glommio's registered DMA memory per shard: sized for a few partitions'
 /// write buffers in flight; beyond it buffers come from the heap.
 const IO_MEMORY_BYTES: usize = 64 << 20;
+/// io-wq workers a shard may have running blocking file work (its
+/// partitions' fdatasyncs and writes into new space) at once; the kernel's
+/// default for a glommio thread is 2. See `io_workers`.
+const IO_WORKERS_PER_SHARD: u32 = 32;
 /// How long shards have to join the mesh at start.
 const MESH_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a shard waits at start for the others to open their logs.
@@ -114,6 +118,14 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
                 let mut guard = FailureReport(Some((failed, index)));
                 // Before the shard's first file operation, so that every
                 // io worker it gets is placed.
+                let bounded_was = crate::io_workers::set_bounded_max_for_current_thread(IO_WORKERS_PER_SHARD)
+                    .with_context(|| format!("raising shard {index}'s io worker limit"))?;
+                debug!(
+                    shard = index,
+                    was = bounded_was,
+                    now = IO_WORKERS_PER_SHARD,
+                    "io worker limit"
+                );
                 if let Some(cpus) = &config.io_cpus {
                     crate::io_workers::set_for_current_thread(cpus)
                         .with_context(|| format!("placing shard {index}'s io workers on CPUs {cpus:?}"))?;
