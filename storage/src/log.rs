@@ -785,10 +785,23 @@ impl<S: FileSystem> Log<S> {
     /// Seals the active segment and starts a new one at the end offset.
     /// Caller holds `io_lock`.
     async fn roll_locked(&self, now_ms: i64) -> Result<()> {
+        let _paused = self.pause_appends();
+        self.roll_inner(now_ms).await
+    }
+
+    /// Sends appends to the slow path (where they wait for `io_lock`) until
+    /// the returned guard drops, however the holder ends: a roll or
+    /// truncation dropped part way must not leave every later append on
+    /// the slow path.
+    fn pause_appends(&self) -> impl Drop + '_ {
+        struct Paused<'a, S: FileSystem>(&'a Log<S>);
+        impl<S: FileSystem> Drop for Paused<'_, S> {
+            fn drop(&mut self) {
+                self.0.state.borrow_mut().appends_paused = false;
+            }
+        }
         self.state.borrow_mut().appends_paused = true;
-        let result = self.roll_inner(now_ms).await;
-        self.state.borrow_mut().appends_paused = false;
-        result
+        Paused(self)
     }
 
     async fn roll_inner(&self, now_ms: i64) -> Result<()> {
@@ -1195,10 +1208,8 @@ impl<S: FileSystem> Log<S> {
             return Ok(());
         }
         self.sync_locked().await?;
-        self.state.borrow_mut().appends_paused = true;
-        let result = self.truncate_inner(offset).await;
-        self.state.borrow_mut().appends_paused = false;
-        result
+        let _paused = self.pause_appends();
+        self.truncate_inner(offset).await
     }
 
     async fn truncate_inner(&self, offset: Offset) -> Result<()> {
@@ -1695,6 +1706,26 @@ mod tests {
             };
             let (flushed, ()) = futures_lite::future::zip(log.flush_until_closed(), body).await;
             flushed.unwrap();
+        });
+    }
+
+    #[test]
+    fn a_roll_dropped_part_way_lets_appends_take_the_fast_path_again() {
+        block_on(async {
+            let log = open_small_checkpoints(SimFileSystem::reliable(6)).await;
+            log.append(Bytes::from(build_batch(2, 100, T0)), T0).await.unwrap();
+            // The roll waits for the checkpoint lock after its sync; the
+            // request that ran it goes away then.
+            let held = log.checkpoint_lock.lock().await;
+            {
+                let roll = std::pin::pin!(log.roll_locked(T0));
+                assert!(futures_lite::future::poll_once(roll).await.is_none());
+                assert!(log.state.borrow().appends_paused);
+            }
+            assert!(!log.state.borrow().appends_paused);
+            drop(held);
+            log.append(Bytes::from(build_batch(2, 100, T0)), T0).await.unwrap();
+            log.close().await.unwrap();
         });
     }
 
