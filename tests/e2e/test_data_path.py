@@ -18,6 +18,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, TopicPartition
 
 from kafka_helpers import (
     DeliveryTracker,
+    admin_request,
     consume_all,
     consume_to_watermarks,
     create_topic,
@@ -303,6 +304,32 @@ def test_fetches_from_disk_within_small_budgets_return_every_message_in_order(br
         got = [[r.value for r in records if r.partition == p] for p in partitions]
         for p in partitions:
             assert got[p] == expected[p], f"partition {p} differs with {overrides or 'default budgets'}"
+
+    # Empty partitions before one whose only batch is over both limits:
+    # that batch is still the response's first, so it must come back.
+    sparse = "from-disk-sparse"
+    create_topic(broker.bootstrap, sparse, 8)
+    big = rng.randbytes(30000)
+    produce(producer, sparse, partition=7, value=big, on_delivery=tracker)
+    flush(producer)
+    assert not tracker.failed, tracker.failed
+    # One Fetch naming the empty partitions first (clients may rotate the
+    # order; this request does not).
+    from kafka.protocol.fetch import FetchRequest
+
+    request = FetchRequest[4](
+        replica_id=-1,
+        max_wait_time=100,
+        min_bytes=1,
+        max_bytes=small["fetch_max_bytes"],
+        isolation_level=0,
+        topics=[(sparse, [(p, 0, small["max_partition_fetch_bytes"]) for p in partitions])],
+    )
+    response = admin_request(broker.bootstrap, request)
+    (topic_name, answers), = response.topics
+    sizes = {p: len(records or b"") for p, error, _, _, _, records in answers if error == 0}
+    assert topic_name == sparse and sorted(sizes) == partitions, response
+    assert sizes[7] > len(big) and all(sizes[p] == 0 for p in partitions[:7]), sizes
 
 
 # -- 4. ListOffsets by timestamp ------------------------------------------------

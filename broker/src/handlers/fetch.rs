@@ -267,29 +267,39 @@ const PARTITION_READS_IN_FLIGHT_MAX: usize = 16;
 /// one partition's read after another), the partitions the budget reaches
 /// in full are read at once, each allotted its limit out of what the ones
 /// before it could take; then the results are taken in order, each cut to
-/// what is left (only a batch over the limits, returned because it came
-/// first, can overrun an allotment). Partitions the allotments did not
-/// reach are read after, one at a time, from what the others left.
+/// what is left. Partitions the allotments did not reach are read after,
+/// one at a time, from what the others left.
+///
+/// The response's first batch comes whole even when over the limits
+/// (KIP-74). Only the first partition is read that way at once; a later
+/// one that returned nothing while nothing came before it is read again
+/// so, as a one-by-one reading would have (else a consumer whose first
+/// partitions are empty would never get a batch over the limits).
 async fn read_on_owner(shard: &Rc<Shard>, slots: Vec<(usize, Slot)>, max_bytes: usize) -> Vec<(usize, SlotRead)> {
     let allotments = allot(slots.iter().map(|(_, slot)| slot.partition_max_bytes), max_bytes);
     let first_round: Vec<_> = slots
         .iter()
         .zip(&allotments)
-        .filter(|(_, allotted)| **allotted > 0)
-        .map(|((_, slot), allotted)| read_slot(shard, slot, *allotted, true))
+        .enumerate()
+        .filter(|(_, (_, allotted))| **allotted > 0)
+        .map(|(k, ((_, slot), allotted))| read_slot(shard, slot, *allotted, k == 0))
         .collect();
     let mut first_reads = sluice_storage::local_sync::join_bounded(first_round, PARTITION_READS_IN_FLIGHT_MAX)
         .await
         .into_iter();
     let mut out = Vec::with_capacity(slots.len());
     let mut budget = max_bytes;
-    for ((i, slot), allotted) in slots.into_iter().zip(allotments) {
+    for (k, ((i, slot), allotted)) in slots.into_iter().zip(allotments).enumerate() {
+        let response_empty = budget == max_bytes;
         let mut read = if allotted > 0 {
             first_reads.next().expect("one read per allotted slot")
         } else {
-            read_slot(shard, &slot, slot.partition_max_bytes.min(budget), budget == max_bytes).await
+            read_slot(shard, &slot, slot.partition_max_bytes.min(budget), response_empty).await
         };
-        let (kept, taken) = fit(read.batches.iter().map(|b| b.len()), budget, budget == max_bytes);
+        if k > 0 && allotted > 0 && response_empty && read.error_code == 0 && read.batches.is_empty() {
+            read = read_slot(shard, &slot, slot.partition_max_bytes.min(budget), true).await;
+        }
+        let (kept, taken) = fit(read.batches.iter().map(|b| b.len()), budget, response_empty);
         read.batches.truncate(kept);
         budget = budget.saturating_sub(taken);
         out.push((i, read));
