@@ -20,10 +20,9 @@
 //! kernel caps a thread's workers for blocking file work ("bounded" work)
 //! at the smaller of 4 per CPU and the entries of the first ring the
 //! thread made; a glommio shard gets 2. Its partitions' fdatasyncs then
-//! ran two at a time, each waiting for the ones queued before it, instead
-//! of together, where the block layer can merge their cache flushes. At
+//! ran two at a time, each waiting for the ones queued before it. At
 //! 700 MB/s of acks=all produce on one shard, 32 workers against 2 cut the
-//! produce p50 from 4.0-4.7 ms to 1.7-1.8 ms (docs/PERFORMANCE.md).
+//! produce p50 from 4.0-7.8 ms to 1.7-3.6 ms (docs/PERFORMANCE.md).
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
