@@ -118,14 +118,14 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
                 let mut guard = FailureReport(Some((failed, index)));
                 // Before the shard's first file operation, so that every
                 // io worker it gets is placed.
-                let bounded_was = crate::io_workers::set_bounded_max_for_current_thread(IO_WORKERS_PER_SHARD)
-                    .with_context(|| format!("raising shard {index}'s io worker limit"))?;
-                debug!(
-                    shard = index,
-                    was = bounded_was,
-                    now = IO_WORKERS_PER_SHARD,
-                    "io worker limit"
-                );
+                // Kernels before 5.15 lack the call; they run with their
+                // default limit.
+                match crate::io_workers::set_bounded_max_for_current_thread(IO_WORKERS_PER_SHARD) {
+                    Ok(was) => debug!(shard = index, was, now = IO_WORKERS_PER_SHARD, "io worker limit"),
+                    Err(e) => {
+                        warn!(shard = index, error = %e, "cannot raise the io worker limit; fdatasyncs may queue")
+                    }
+                }
                 if let Some(cpus) = &config.io_cpus {
                     crate::io_workers::set_for_current_thread(cpus)
                         .with_context(|| format!("placing shard {index}'s io workers on CPUs {cpus:?}"))?;
