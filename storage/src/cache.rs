@@ -53,6 +53,15 @@ impl CacheState {
     }
 }
 
+/// What a cache read found.
+#[derive(Debug)]
+pub struct CacheRead {
+    pub batches: Vec<ServedBatch>,
+    /// The next batch is cached but does not fit the budget: the reader is
+    /// done, and must not look for it on the disk.
+    pub budget_reached: bool,
+}
+
 #[derive(Clone)]
 pub struct BatchCache {
     state: Rc<RefCell<CacheState>>,
@@ -131,30 +140,29 @@ impl BatchCache {
 
     /// Consecutive cached batches of `log` starting with the one that holds
     /// `from`, none starting at or past `upper`, within `bytes_max` (the
-    /// first batch counts even if larger when `min_one`). Empty on a miss.
-    pub fn read(
-        &self,
-        log: CacheLogId,
-        from: Offset,
-        upper: Offset,
-        bytes_max: usize,
-        min_one: bool,
-    ) -> Vec<ServedBatch> {
+    /// first batch counts even if larger when `min_one`). No batches on a
+    /// miss.
+    pub fn read(&self, log: CacheLogId, from: Offset, upper: Offset, bytes_max: usize, min_one: bool) -> CacheRead {
         let mut st = self.state.borrow_mut();
-        let mut out = Vec::new();
+        let mut out = CacheRead {
+            batches: Vec::new(),
+            budget_reached: false,
+        };
         let entries = st.entries(log);
         let first = entries.partition_point(|c| c.last < from.0);
         let mut bytes = 0usize;
         let mut next = from.0;
         for c in entries.range(first..) {
-            if c.base > next || c.base >= upper.0 || out.len() == BATCHES_PER_READ_MAX {
+            if c.base > next || c.base >= upper.0 || out.batches.len() == BATCHES_PER_READ_MAX {
                 break; // a gap (the rest comes from the disk), or the limit
             }
-            if bytes + c.batch.len() > bytes_max && !(min_one && out.is_empty()) {
+            if bytes + c.batch.len() > bytes_max && !(min_one && out.batches.is_empty()) {
+                out.budget_reached = true;
                 break;
             }
             bytes += c.batch.len();
-            out.push(ServedBatch::new(Offset(c.base), c.leader_epoch, c.batch.clone()));
+            out.batches
+                .push(ServedBatch::new(Offset(c.base), c.leader_epoch, c.batch.clone()));
             next = c.last + 1;
         }
         out
@@ -218,14 +226,23 @@ mod tests {
         put(&cache, log, 0, 3);
         put(&cache, log, 3, 2);
         put(&cache, other, 5, 1);
-        let got = cache.read(log, Offset(1), Offset(100), 1 << 20, true);
+        let got = cache.read(log, Offset(1), Offset(100), 1 << 20, true).batches;
         assert_eq!(got.len(), 2);
-        assert!(cache.read(log, Offset(5), Offset(100), 1 << 20, true).is_empty());
-        assert_eq!(cache.read(log, Offset(0), Offset(3), 1 << 20, true).len(), 1);
+        assert!(
+            cache
+                .read(log, Offset(5), Offset(100), 1 << 20, true)
+                .batches
+                .is_empty()
+        );
+        assert_eq!(cache.read(log, Offset(0), Offset(3), 1 << 20, true).batches.len(), 1);
         // Budget: only the first batch fits, and min_one lets it through.
-        let one = cache.read(log, Offset(0), Offset(100), 1, true);
+        let one = cache.read(log, Offset(0), Offset(100), 1, true).batches;
         assert_eq!(one.len(), 1);
-        assert!(cache.read(log, Offset(0), Offset(100), 1, false).is_empty());
+        assert!(cache.read(log, Offset(0), Offset(100), 1, false).batches.is_empty());
+        // Over the budget is not a miss: the reader must not go to the disk.
+        assert!(cache.read(log, Offset(0), Offset(100), 1, false).budget_reached);
+        assert!(!cache.read(log, Offset(5), Offset(100), 1 << 20, true).budget_reached);
+        assert!(!cache.read(log, Offset(0), Offset(100), 1 << 20, true).budget_reached);
     }
 
     #[test]
@@ -237,8 +254,8 @@ mod tests {
             put(&cache, log, i, 1);
         }
         assert!(cache.bytes() <= b.len() * 2);
-        assert!(cache.read(log, Offset(0), Offset(10), 1 << 20, true).is_empty());
-        assert_eq!(cache.read(log, Offset(3), Offset(10), 1 << 20, true).len(), 2);
+        assert!(cache.read(log, Offset(0), Offset(10), 1 << 20, true).batches.is_empty());
+        assert_eq!(cache.read(log, Offset(3), Offset(10), 1 << 20, true).batches.len(), 2);
     }
 
     #[test]
@@ -250,7 +267,7 @@ mod tests {
         }
         cache.remove_from(log, Offset(4));
         cache.remove_below(log, Offset(2));
-        assert!(cache.read(log, Offset(1), Offset(10), 1 << 20, true).is_empty());
-        assert_eq!(cache.read(log, Offset(2), Offset(10), 1 << 20, true).len(), 2);
+        assert!(cache.read(log, Offset(1), Offset(10), 1 << 20, true).batches.is_empty());
+        assert_eq!(cache.read(log, Offset(2), Offset(10), 1 << 20, true).batches.len(), 2);
     }
 }

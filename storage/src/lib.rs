@@ -27,7 +27,7 @@ pub mod segment;
 pub mod served;
 pub mod testing;
 
-pub use cache::BatchCache;
+pub use cache::{BatchCache, CacheRead};
 pub use config::LogConfig;
 pub use error::{Result, StorageError};
 pub use log::{AppendInfo, Log, LogStats, ReadLimits, TimestampHit};

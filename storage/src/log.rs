@@ -96,6 +96,16 @@ pub struct ReadLimits {
     pub min_one: bool,
 }
 
+/// What one segment's part of a read got from the disk.
+struct DiskRead {
+    batches: Vec<ServedBatch>,
+    /// The offset after them (past a sealed segment's end when it read to it).
+    next: Offset,
+    /// It stopped at a frame that does not fit the budget or starts past
+    /// `upper`: the read is done.
+    stopped: bool,
+}
+
 /// Sizes and offsets at a moment, for metrics and admin APIs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogStats {
@@ -941,44 +951,44 @@ impl<S: FileSystem> Log<S> {
         let mut out: Vec<ServedBatch> = Vec::new();
         let mut next = from;
         let mut bytes = 0usize;
-        while next < upper && bytes < limits.bytes_max {
+        // With `min_one`, the first batch comes even with no budget at all.
+        while next < upper && (bytes < limits.bytes_max || (limits.min_one && out.is_empty())) {
             let min_one = limits.min_one && out.is_empty();
-            let hits = self
-                .cache
-                .read(self.cache_id, next, upper, limits.bytes_max - bytes, min_one);
-            if let Some(last) = hits.last() {
+            let left = limits.bytes_max.saturating_sub(bytes);
+            let hits = self.cache.read(self.cache_id, next, upper, left, min_one);
+            let hit = !hits.batches.is_empty();
+            if let Some(last) = hits.batches.last() {
                 next = last.next_offset();
-                bytes += hits.iter().map(|b| b.len()).sum::<usize>();
-                out.extend(hits);
+                bytes += hits.batches.iter().map(|b| b.len()).sum::<usize>();
+                out.extend(hits.batches);
+            }
+            if hits.budget_reached {
+                break; // the next batch is cached and does not fit
+            }
+            if hit {
                 continue;
             }
-            let before = out.len();
-            let (more, reached) = self
-                .read_from_disk(next, upper, limits.bytes_max - bytes, min_one)
-                .await?;
-            bytes += more.iter().map(|b| b.len()).sum::<usize>();
-            out.extend(more);
-            if out.len() == before && reached == next {
-                break; // nothing more fits
+            let read = self.read_from_disk(next, upper, left, min_one).await?;
+            bytes += read.batches.iter().map(|b| b.len()).sum::<usize>();
+            out.extend(read.batches);
+            if read.stopped || read.next == next {
+                break; // the next batch does not fit, or is past `upper`
             }
-            next = reached;
+            next = read.next;
         }
         Ok(out)
     }
 
-    /// One segment's worth of a read. Returns the batches and the offset
-    /// after them.
-    async fn read_from_disk(
-        &self,
-        from: Offset,
-        upper: Offset,
-        bytes_max: usize,
-        min_one: bool,
-    ) -> Result<(Vec<ServedBatch>, Offset)> {
+    /// One segment's worth of a read.
+    async fn read_from_disk(&self, from: Offset, upper: Offset, bytes_max: usize, min_one: bool) -> Result<DiskRead> {
         let (file, path, pos, readable_end, segment_next, index_interval) = {
             let st = self.state.borrow();
             let Some((_, seg)) = st.segments.range(..=from).next_back() else {
-                return Ok((Vec::new(), from));
+                return Ok(DiskRead {
+                    batches: Vec::new(),
+                    next: from,
+                    stopped: false,
+                });
             };
             let readable_end = if seg.base == st.active().base {
                 st.writer.log.durable_end()
@@ -1019,7 +1029,11 @@ impl<S: FileSystem> Log<S> {
                 let payload_bytes = header.payload_bytes as usize;
                 if header.base_offset() >= upper || (bytes + payload_bytes > bytes_max && !(min_one && out.is_empty()))
                 {
-                    return Ok((out, next));
+                    return Ok(DiskRead {
+                        batches: out,
+                        next,
+                        stopped: true,
+                    });
                 }
                 let payload = cursor
                     .payload(&header)
@@ -1034,7 +1048,11 @@ impl<S: FileSystem> Log<S> {
         }
         // Read to the end of what is readable: a sealed segment is done, and
         // the reader moves on to the next one.
-        Ok((out, next.max(segment_next.min(upper))))
+        Ok(DiskRead {
+            batches: out,
+            next: next.max(segment_next.min(upper)),
+            stopped: false,
+        })
     }
 
     /// The first durable batch at or after the log start whose max timestamp

@@ -75,7 +75,8 @@ pub struct FrameCursor<'a, F: StorageFile> {
     chunk_pos: u64,
     chunk_bytes: usize,
     /// Bytes the caller expects to need from here on; once read, a refill
-    /// reads only what is asked for, not a whole chunk.
+    /// reads what is asked for, at least `REFILL_BYTES_MIN`, not a whole
+    /// chunk.
     read_budget: u64,
 }
 
@@ -95,9 +96,10 @@ impl<'a, F: StorageFile> FrameCursor<'a, F> {
     }
 
     /// Caps the chunked reads at about `bytes` in all: past them, a frame
-    /// or header that crosses the end of the chunk is read alone. For a
-    /// reader that stops at a byte budget, so that the header or frame
-    /// just past its budget does not cost a whole chunk.
+    /// or header that crosses the end of the chunk comes in a refill of
+    /// `REFILL_BYTES_MIN` (or of the frame, if larger). For a reader that stops at a byte
+    /// budget, so that the header or frame just past its budget does not
+    /// cost a whole chunk.
     pub fn with_read_budget(mut self, bytes: u64) -> FrameCursor<'a, F> {
         self.read_budget = bytes;
         self
