@@ -117,11 +117,13 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
                 // broker missing a shard cannot serve its partitions.
                 let mut guard = FailureReport(Some((failed, index)));
                 // Before the shard's first file operation, so that every
-                // io worker it gets is placed.
-                // Kernels before 5.15 lack the call; they run with their
-                // default limit.
-                match crate::io_workers::set_bounded_max_for_current_thread(IO_WORKERS_PER_SHARD) {
-                    Ok(was) => debug!(shard = index, was, now = IO_WORKERS_PER_SHARD, "io worker limit"),
+                // io worker it gets is placed. The kernel may clamp the
+                // worker limit (to RLIMIT_NPROC): what it took is logged.
+                // Kernels before 5.15 lack the call and keep their default.
+                match crate::io_workers::set_bounded_max_for_current_thread(IO_WORKERS_PER_SHARD)
+                    .and_then(|was| Ok((was, crate::io_workers::set_bounded_max_for_current_thread(0)?)))
+                {
+                    Ok((was, now)) => debug!(shard = index, was, now, "io worker limit"),
                     Err(e) => {
                         warn!(shard = index, error = %e, "cannot raise the io worker limit; fdatasyncs may queue")
                     }

@@ -77,6 +77,16 @@ impl SlotRead {
     fn bytes(&self) -> usize {
         self.batches.iter().map(|b| b.len()).sum()
     }
+
+    /// Whether the partition had records to give at `slot`'s offset.
+    fn may_have_data(&self, slot: &Slot) -> bool {
+        let upper = if slot.read_committed {
+            self.last_stable_offset
+        } else {
+            self.high_watermark
+        };
+        self.error_code == 0 && slot.fetch_offset < upper
+    }
 }
 
 /// A partition's records in a response: whole batches, served as stored.
@@ -264,11 +274,10 @@ const PARTITION_READS_IN_FLIGHT_MAX: usize = 16;
 ///
 /// As Kafka does, partitions take the budget in request order. To overlap
 /// their disk reads (a consumer behind the cache would otherwise wait for
-/// one partition's read after another), the partitions the budget reaches
-/// in full are read at once, each allotted its limit out of what the ones
-/// before it could take; then the results are taken in order, each cut to
-/// what is left. Partitions the allotments did not reach are read after,
-/// one at a time, from what the others left.
+/// one partition's read after another), the partitions whose whole limit
+/// fits the budget, with the limits of the ones before them, are read at
+/// once; then the results are taken in order, each cut to what is left.
+/// The others are read after, one at a time, from what is left then.
 ///
 /// The response's first batch comes whole even when over the limits
 /// (KIP-74). Only the first partition is read that way at once; a later
@@ -276,27 +285,29 @@ const PARTITION_READS_IN_FLIGHT_MAX: usize = 16;
 /// so, as a one-by-one reading would have (else a consumer whose first
 /// partitions are empty would never get a batch over the limits).
 async fn read_on_owner(shard: &Rc<Shard>, slots: Vec<(usize, Slot)>, max_bytes: usize) -> Vec<(usize, SlotRead)> {
-    let allotments = allot(slots.iter().map(|(_, slot)| slot.partition_max_bytes), max_bytes);
+    let at_once = read_at_once(slots.iter().map(|(_, slot)| slot.partition_max_bytes), max_bytes);
     let first_round: Vec<_> = slots
         .iter()
-        .zip(&allotments)
+        .zip(&at_once)
         .enumerate()
-        .filter(|(_, (_, allotted))| **allotted > 0)
-        .map(|(k, ((_, slot), allotted))| read_slot(shard, slot, *allotted, k == 0))
+        .filter(|(_, (_, at_once))| **at_once)
+        .map(|(k, ((_, slot), _))| read_slot(shard, slot, slot.partition_max_bytes, k == 0))
         .collect();
     let mut first_reads = sluice_storage::local_sync::join_bounded(first_round, PARTITION_READS_IN_FLIGHT_MAX)
         .await
         .into_iter();
     let mut out = Vec::with_capacity(slots.len());
     let mut budget = max_bytes;
-    for (k, ((i, slot), allotted)) in slots.into_iter().zip(allotments).enumerate() {
+    for (k, ((i, slot), at_once)) in slots.into_iter().zip(at_once).enumerate() {
         let response_empty = budget == max_bytes;
-        let mut read = if allotted > 0 {
-            first_reads.next().expect("one read per allotted slot")
+        let mut read = if at_once {
+            first_reads.next().expect("one read per slot read at once")
         } else {
             read_slot(shard, &slot, slot.partition_max_bytes.min(budget), response_empty).await
         };
-        if k > 0 && allotted > 0 && response_empty && read.error_code == 0 && read.batches.is_empty() {
+        // Read without min_one, it may have left out a first batch over
+        // the limits that the response would carry.
+        if at_once && k > 0 && response_empty && read.batches.is_empty() && read.may_have_data(&slot) {
             read = read_slot(shard, &slot, slot.partition_max_bytes.min(budget), true).await;
         }
         let (kept, taken) = fit(read.batches.iter().map(|b| b.len()), budget, response_empty);
@@ -307,15 +318,14 @@ async fn read_on_owner(shard: &Rc<Shard>, slots: Vec<(usize, Slot)>, max_bytes: 
     out
 }
 
-/// Each partition's share of `max_bytes`, in order: its limit, or what the
-/// ones before it leave if they take theirs in full.
-fn allot(limits: impl Iterator<Item = usize>, max_bytes: usize) -> Vec<usize> {
-    let mut left = max_bytes;
+/// Which partitions, of these limits in request order, can be read at once:
+/// those whose limit fits in `max_bytes` after the limits before them.
+fn read_at_once(limits: impl Iterator<Item = usize>, max_bytes: usize) -> Vec<bool> {
+    let mut taken = 0usize;
     limits
         .map(|limit| {
-            let allotted = limit.min(left);
-            left -= allotted;
-            allotted
+            taken = taken.saturating_add(limit);
+            limit > 0 && taken <= max_bytes
         })
         .collect()
 }
@@ -449,11 +459,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partitions_are_allotted_the_budget_in_order() {
-        assert_eq!(allot([100, 100, 100].into_iter(), 250), vec![100, 100, 50]);
-        assert_eq!(allot([300, 100].into_iter(), 250), vec![250, 0]);
-        assert_eq!(allot([10, 20].into_iter(), 1000), vec![10, 20]);
-        assert_eq!(allot(std::iter::empty(), 1000), Vec::<usize>::new());
+    fn partitions_whose_limits_fit_the_budget_in_order_are_read_at_once() {
+        assert_eq!(read_at_once([100, 100, 100].into_iter(), 250), vec![true, true, false]);
+        // One that does not fit sends the rest to be read one by one too.
+        assert_eq!(read_at_once([300, 100].into_iter(), 250), vec![false, false]);
+        assert_eq!(read_at_once([10, 20].into_iter(), 1000), vec![true, true]);
+        // A limit of 0 reads nothing at once (one by one, the response's
+        // first batch may still come from it).
+        assert_eq!(read_at_once([0, 10].into_iter(), 1000), vec![false, true]);
+        assert_eq!(read_at_once([usize::MAX, 10].into_iter(), 1000), vec![false, false]);
+        assert_eq!(read_at_once(std::iter::empty(), 1000), Vec::<bool>::new());
     }
 
     #[test]
