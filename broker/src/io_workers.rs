@@ -51,47 +51,62 @@ pub fn set_for_current_thread(cpus: &[usize]) -> io::Result<()> {
         // SAFETY: `cpu` is within the set, checked above.
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
+    // SAFETY: the kernel reads `size_of::<cpu_set_t>()` bytes from `set`,
+    // which lives across the call.
+    unsafe {
+        register(
+            &one_entry_ring()?,
+            IORING_REGISTER_IOWQ_AFF,
+            (&raw mut set).cast(),
+            std::mem::size_of::<libc::cpu_set_t>() as libc::c_uint,
+        )
+    }
+}
+
+/// Lets the calling thread have up to `count` io-wq workers for blocking
+/// file work (fdatasync, writes that allocate) at once; 0 leaves the
+/// limit as it is. Returns the limit before the call and after it (the
+/// kernel clamps it to RLIMIT_NPROC).
+pub fn set_bounded_max_for_current_thread(count: u32) -> io::Result<(u32, u32)> {
     let ring = one_entry_ring()?;
-    // SAFETY: the ring fd is open for the call; the kernel reads
-    // `size_of::<cpu_set_t>()` bytes from `set`, which lives across it.
+    // [bounded, unbounded]; 0 leaves that one unchanged. The kernel writes
+    // back the limits as they were, so a second call with zeros reads them.
+    let mut counts = [count, 0u32];
+    // SAFETY: the kernel reads and writes the two u32s of `counts`, which
+    // live across the call.
+    unsafe { register(&ring, IORING_REGISTER_IOWQ_MAX_WORKERS, counts.as_mut_ptr().cast(), 2)? };
+    let was = counts[0];
+    let mut now = [0u32; 2];
+    // SAFETY: as above, for `now`.
+    unsafe { register(&ring, IORING_REGISTER_IOWQ_MAX_WORKERS, now.as_mut_ptr().cast(), 2)? };
+    Ok((was, now[0]))
+}
+
+/// io_uring_register on `ring`.
+///
+/// # Safety
+/// `arg` must point to what `opcode` reads (and writes), `nr_args` of it,
+/// valid for the call.
+unsafe fn register(
+    ring: &OwnedFd,
+    opcode: libc::c_uint,
+    arg: *mut libc::c_void,
+    nr_args: libc::c_uint,
+) -> io::Result<()> {
+    // SAFETY: the ring fd is open for the call; `arg` is the caller's.
     let r = unsafe {
         libc::syscall(
             libc::SYS_io_uring_register,
-            std::os::fd::AsRawFd::as_raw_fd(&ring),
-            IORING_REGISTER_IOWQ_AFF,
-            &set as *const libc::cpu_set_t,
-            std::mem::size_of::<libc::cpu_set_t>(),
+            std::os::fd::AsRawFd::as_raw_fd(ring),
+            opcode,
+            arg,
+            nr_args,
         )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Lets the calling thread have up to `count` io-wq workers for blocking
-/// file work (fdatasync, writes that allocate) at once; 0 leaves the
-/// limit as it is. Returns the limit before the call.
-pub fn set_bounded_max_for_current_thread(count: u32) -> io::Result<u32> {
-    let ring = one_entry_ring()?;
-    // [bounded, unbounded]; 0 leaves that one unchanged. The kernel writes
-    // back the limits as they were.
-    let mut counts = [count, 0u32];
-    // SAFETY: the ring fd is open for the call; the kernel reads and writes
-    // the two u32s of `counts`, which live across it.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_io_uring_register,
-            std::os::fd::AsRawFd::as_raw_fd(&ring),
-            IORING_REGISTER_IOWQ_MAX_WORKERS,
-            counts.as_mut_ptr(),
-            counts.len() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(counts[0])
 }
 
 /// A ring of one entry, closed on drop. Creating it also gives the calling
@@ -163,13 +178,17 @@ mod tests {
     fn the_bounded_worker_limit_is_raised_for_the_calling_thread() {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .spawn(|| async move {
-                let before = set_bounded_max_for_current_thread(0).unwrap();
+                let (before, same) = set_bounded_max_for_current_thread(0).unwrap();
                 assert!(before > 0);
+                assert_eq!(same, before, "0 changes nothing");
                 // (The kernel clamps the limit to RLIMIT_NPROC: one more
                 // than before is within it anywhere this runs.)
-                assert_eq!(set_bounded_max_for_current_thread(before + 1).unwrap(), before);
+                assert_eq!(
+                    set_bounded_max_for_current_thread(before + 1).unwrap(),
+                    (before, before + 1)
+                );
                 // Read back: 0 changes nothing and returns the limit.
-                assert_eq!(set_bounded_max_for_current_thread(0).unwrap(), before + 1);
+                assert_eq!(set_bounded_max_for_current_thread(0).unwrap().0, before + 1);
             })
             .unwrap()
             .join()

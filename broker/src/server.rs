@@ -120,9 +120,7 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
                 // io worker it gets is placed. The kernel may clamp the
                 // worker limit (to RLIMIT_NPROC): what it took is logged.
                 // Kernels before 5.15 lack the call and keep their default.
-                match crate::io_workers::set_bounded_max_for_current_thread(IO_WORKERS_PER_SHARD)
-                    .and_then(|was| Ok((was, crate::io_workers::set_bounded_max_for_current_thread(0)?)))
-                {
+                match crate::io_workers::set_bounded_max_for_current_thread(IO_WORKERS_PER_SHARD) {
                     Ok((was, now)) => debug!(shard = index, was, now, "io worker limit"),
                     Err(e) => {
                         warn!(shard = index, error = %e, "cannot raise the io worker limit; fdatasyncs may queue")

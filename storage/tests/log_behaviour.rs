@@ -16,6 +16,29 @@ fn open(fs: &SimFileSystem, config: LogConfig, now_ms: i64) -> Log<SimFileSystem
     block_on(Log::open(fs.clone(), dir(), config, BatchCache::new(1 << 20), now_ms)).expect("open")
 }
 
+/// A log of the default config with a batch cache of `cache_bytes` (0: every
+/// read goes to the disk).
+fn open_with_cache(fs: &SimFileSystem, cache_bytes: usize) -> Log<SimFileSystem> {
+    block_on(Log::open(
+        fs.clone(),
+        dir(),
+        LogConfig::default(),
+        BatchCache::new(cache_bytes),
+        T0,
+    ))
+    .expect("open")
+}
+
+/// Appends `count` batches of `records` records of 1000 bytes, then syncs.
+async fn append_synced(log: &Log<SimFileSystem>, count: usize, records: i32) {
+    for _ in 0..count {
+        log.append(Bytes::from(build_batch(records, 1000, T0)), T0)
+            .await
+            .unwrap();
+    }
+    log.sync().await.unwrap();
+}
+
 /// Appends `count` random batches at timestamp `ts`, recording them.
 fn fill(log: &Log<SimFileSystem>, model: &mut Model, rng: &mut SimRng, count: usize, ts: i64) {
     block_on(async {
@@ -116,10 +139,7 @@ fn byte_limits_are_respected_but_one_batch_always_fits_when_asked() {
     let fs = SimFileSystem::reliable(5);
     let log = open(&fs, small_config(), T0);
     block_on(async {
-        for _ in 0..10 {
-            log.append(Bytes::from(build_batch(1, 1000, T0)), T0).await.unwrap();
-        }
-        log.sync().await.unwrap();
+        append_synced(&log, 10, 1).await;
         let one_size = read_bytes(&log, Offset(0), everything()).await.unwrap()[0].len();
         let limits = |bytes_max, min_one| ReadLimits {
             bytes_max,
@@ -485,21 +505,9 @@ fn a_consumer_reading_from_disk_reads_little_more_than_it_gets() {
     for (records, count) in [(1, 3000), (15, 400)] {
         // No cache: every read goes to the disk, as for a consumer far behind.
         let fs = SimFileSystem::reliable(31);
-        let log = block_on(Log::open(
-            fs.clone(),
-            dir(),
-            LogConfig::default(),
-            BatchCache::new(0),
-            T0,
-        ))
-        .expect("open");
+        let log = open_with_cache(&fs, 0);
         block_on(async {
-            for _ in 0..count {
-                log.append(Bytes::from(build_batch(records, 1000, T0)), T0)
-                    .await
-                    .unwrap();
-            }
-            log.sync().await.unwrap();
+            append_synced(&log, count, records).await;
             let limits = ReadLimits {
                 bytes_max: 1 << 20,
                 ..everything()
@@ -533,19 +541,9 @@ fn a_consumer_reading_from_disk_reads_little_more_than_it_gets() {
 #[test]
 fn a_read_served_from_the_cache_that_stops_at_its_budget_reads_nothing_from_disk() {
     let fs = SimFileSystem::reliable(32);
-    let log = block_on(Log::open(
-        fs.clone(),
-        dir(),
-        LogConfig::default(),
-        BatchCache::new(64 << 20),
-        T0,
-    ))
-    .expect("open");
+    let log = open_with_cache(&fs, 64 << 20);
     block_on(async {
-        for _ in 0..100 {
-            log.append(Bytes::from(build_batch(15, 1000, T0)), T0).await.unwrap();
-        }
-        log.sync().await.unwrap();
+        append_synced(&log, 100, 15).await;
         let before = fs.bytes_read();
         let limits = ReadLimits {
             bytes_max: 100_000,
@@ -565,14 +563,7 @@ fn a_read_served_from_the_cache_that_stops_at_its_budget_reads_nothing_from_disk
 fn with_min_one_a_read_with_no_budget_returns_the_first_batch() {
     let fs = SimFileSystem::reliable(33);
     for cache_bytes in [64 << 20, 0] {
-        let log = block_on(Log::open(
-            fs.clone(),
-            dir(),
-            LogConfig::default(),
-            BatchCache::new(cache_bytes),
-            T0,
-        ))
-        .expect("open");
+        let log = open_with_cache(&fs, cache_bytes);
         block_on(async {
             if log.end_offset() == Offset(0) {
                 for _ in 0..3 {

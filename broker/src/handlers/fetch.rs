@@ -49,6 +49,18 @@ struct Slot {
     read_committed: bool,
 }
 
+impl Slot {
+    /// Where this fetch's reads of the partition stop: the last stable
+    /// offset for read_committed, else the high watermark.
+    fn readable_end(&self, high_watermark: Offset, last_stable: Offset) -> Offset {
+        if self.read_committed {
+            last_stable
+        } else {
+            high_watermark
+        }
+    }
+}
+
 /// What a partition read returned.
 #[derive(Debug)]
 struct SlotRead {
@@ -80,12 +92,8 @@ impl SlotRead {
 
     /// Whether the partition had records to give at `slot`'s offset.
     fn may_have_data(&self, slot: &Slot) -> bool {
-        let upper = if slot.read_committed {
-            self.last_stable_offset
-        } else {
-            self.high_watermark
-        };
-        self.error_code == 0 && slot.fetch_offset < upper
+        let upper = slot.readable_end(Offset(self.high_watermark), Offset(self.last_stable_offset));
+        self.error_code == 0 && slot.fetch_offset < upper.0
     }
 }
 
@@ -208,15 +216,11 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
                 .collect();
             p.aborted_transactions = Some(aborted);
         }
-        let mut served = Vec::with_capacity(read.batches.len());
-        for batch in read.batches {
-            if batch.len() > *budget && *returned_any {
-                break;
-            }
-            *budget = budget.saturating_sub(batch.len());
-            *returned_any = true;
-            served.push(batch);
-        }
+        let mut served = read.batches;
+        let (kept, taken) = fit(served.iter().map(|b| b.len()), *budget, !*returned_any);
+        served.truncate(kept);
+        *budget = budget.saturating_sub(taken);
+        *returned_any |= kept > 0;
         records[ti][pi] = Some(ServedRecords(served));
     };
     let mut reads: Vec<Option<SlotRead>> = reads.into_iter().map(Some).collect();
@@ -358,11 +362,7 @@ async fn read_slot(shard: &Rc<Shard>, slot: &Slot, bytes_max: usize, min_one: bo
     let log_start = partition.log_start_offset();
     let limits = ReadLimits {
         bytes_max,
-        upper: if slot.read_committed {
-            last_stable
-        } else {
-            high_watermark
-        },
+        upper: slot.readable_end(high_watermark, last_stable),
         min_one,
     };
     match partition.log.read(Offset(slot.fetch_offset), limits).await {
