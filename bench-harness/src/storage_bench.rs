@@ -74,6 +74,10 @@ struct BatchReport {
     raw_write_bandwidth_mb_s: f64,
     log_throughput_mb_s: f64,
     log_throughput_records_s: f64,
+    /// Share of the throughput run the executor's thread was on a CPU
+    /// (median over the rounds): near 1, the log is bound by that CPU, not
+    /// by the disk. Absent where the thread CPU clock is missing.
+    log_executor_busy: Option<f64>,
     /// Median of the per-round ratios log / raw.
     throughput_ratio: f64,
     throughput_ratios: Vec<f64>,
@@ -123,6 +127,7 @@ async fn measure(args: &StorageArgs) -> anyhow::Result<StorageReport> {
         }
         let durable_write_bytes = align_up((FRAME_HEADER_BYTES + batch_bytes) as u64) as usize;
         let (mut raw_bw, mut log_mb_s, mut log_records_s, mut ratios) = (vec![], vec![], vec![], vec![]);
+        let mut busy = vec![];
         let mut raw_sync = LatencyRecorder::new();
         let mut durable = LatencyRecorder::new();
         // Alternate raw and log in each round, so that the disk's drift
@@ -132,7 +137,9 @@ async fn measure(args: &StorageArgs) -> anyhow::Result<StorageReport> {
                 "{batch_bytes}-byte batches, round {round}/{rounds}: raw bandwidth, log throughput, raw and log latency..."
             );
             let raw = raw_write_bandwidth(&fs, &args.dir, write_bytes, args.bytes).await?;
-            let (mb_s, records_s) = log_throughput(&fs, &args.dir, batch_bytes, args.bytes, config).await?;
+            let (mb_s, records_s, executor_busy) =
+                log_throughput(&fs, &args.dir, batch_bytes, args.bytes, config).await?;
+            busy.extend(executor_busy);
             raw_bw.push(raw);
             log_mb_s.push(mb_s);
             log_records_s.push(records_s);
@@ -148,6 +155,7 @@ async fn measure(args: &StorageArgs) -> anyhow::Result<StorageReport> {
             raw_write_bandwidth_mb_s: median(&raw_bw),
             log_throughput_mb_s: median(&log_mb_s),
             log_throughput_records_s: median(&log_records_s),
+            log_executor_busy: (!busy.is_empty()).then(|| median(&busy)),
             throughput_ratio: median(&ratios),
             throughput_ratios: ratios,
             raw_sync_latency_us: raw_sync,
@@ -187,6 +195,9 @@ fn print_report(r: &StorageReport) {
             b.throughput_ratio,
             ratios.join(" ")
         );
+        if let Some(busy) = b.log_executor_busy {
+            println!("  executor on a CPU     {:>8.0}% of the throughput run", busy * 100.0);
+        }
         println!(
             "  raw write+fdatasync   p50/p99/p99.9 {}",
             b.raw_sync_latency_us.short()
@@ -291,7 +302,7 @@ async fn log_throughput(
     batch_bytes: usize,
     total: u64,
     config: LogConfig,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, Option<f64>)> {
     let log_dir = dir.join(format!("log-throughput-{batch_bytes}"));
     let _scratch = Scratch(log_dir.clone());
     let log = Rc::new(Log::open(fs.clone(), log_dir, config, BatchCache::new(64 << 20), now_ms()).await?);
@@ -305,6 +316,7 @@ async fn log_throughput(
     let count = (total / batch.len() as u64).max(1);
     let now = now_ms();
     let started = Instant::now();
+    let cpu_before = thread_cpu_time();
     let mut since_turn = 0;
     for _ in 0..count {
         log.append(batch.clone(), now).await?;
@@ -316,13 +328,26 @@ async fn log_throughput(
     }
     log.sync().await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let busy = cpu_before
+        .zip(thread_cpu_time())
+        .map(|(before, after)| (after - before).as_secs_f64() / elapsed);
     assert_eq!(log.durable_offset(), Offset(count as i64));
     log.close().await?;
     flusher.await?;
     Ok((
         (count * batch.len() as u64) as f64 / elapsed / 1e6,
         count as f64 / elapsed,
+        busy,
     ))
+}
+
+/// Time the calling thread has spent on a CPU, up to now
+/// (CLOCK_THREAD_CPUTIME_ID); `None` if the clock is missing.
+fn thread_cpu_time() -> Option<std::time::Duration> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: fills the timespec it is given.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (r == 0).then(|| std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 /// Bytes the throughput run appends between turns of the reactor: one
@@ -361,4 +386,21 @@ async fn log_durable_latency(
     }
     log.close().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_thread_cpu_clock_counts_this_threads_work_and_not_its_sleep() {
+        let before = thread_cpu_time().expect("a thread CPU clock");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let slept = thread_cpu_time().expect("a thread CPU clock") - before;
+        assert!(slept < std::time::Duration::from_millis(100), "{slept:?} while asleep");
+        let mut x = 0u64;
+        while thread_cpu_time().expect("a thread CPU clock") - before < std::time::Duration::from_millis(20) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+    }
 }
