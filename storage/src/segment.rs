@@ -97,9 +97,9 @@ impl<'a, F: StorageFile> FrameCursor<'a, F> {
 
     /// Caps the chunked reads at about `bytes` in all: past them, a frame
     /// or header that crosses the end of the chunk comes in a refill of
-    /// `REFILL_BYTES_MIN` (or of the frame, if larger). For a reader that stops at a byte
-    /// budget, so that the header or frame just past its budget does not
-    /// cost a whole chunk.
+    /// `REFILL_BYTES_MIN` (or of the frame, if larger). For a reader that
+    /// stops at a byte budget, so that the header or frame just past its
+    /// budget does not cost a whole chunk.
     pub fn with_read_budget(mut self, bytes: u64) -> FrameCursor<'a, F> {
         self.read_budget = bytes;
         self
@@ -126,21 +126,22 @@ impl<'a, F: StorageFile> FrameCursor<'a, F> {
             let rest = self.limit.saturating_sub(self.pos);
             let needed = rest.min(FRAME_HEADER_BYTES as u64);
             if rest > 0 && !self.has(needed) {
-                self.read_from(align_down(self.pos), needed).await?;
+                self.refill(needed).await?;
             }
             return Ok(false);
         }
         if self.has(len) {
             return Ok(true);
         }
-        self.read_from(align_down(self.pos), len).await?;
+        self.refill(len).await?;
         Ok(self.has(len))
     }
 
-    /// Replaces the chunk with one read at `chunk_pos` that holds at least
-    /// the `len` bytes from the cursor (if the limit allows), and a chunk's
-    /// worth while the read budget lasts.
-    async fn read_from(&mut self, chunk_pos: u64, len: u64) -> io::Result<()> {
+    /// Replaces the chunk with one read from the page holding the cursor
+    /// that holds at least the `len` bytes from the cursor (if the limit
+    /// allows), and a chunk's worth while the read budget lasts.
+    async fn refill(&mut self, len: u64) -> io::Result<()> {
+        let chunk_pos = align_down(self.pos);
         let chunk = (self.chunk_bytes as u64).min(self.read_budget.max(REFILL_BYTES_MIN));
         let want = (self.pos - chunk_pos + len).max(chunk);
         let read_len = want.min(self.limit - chunk_pos);
