@@ -12,15 +12,31 @@
 //! so each seal's writes are a stage and stages run one after the other: two
 //! writes of the same page are never in flight together, and the newer one
 //! lands last.
+//!
+//! Between seals, a flusher may take the chain's full buffers and write them
+//! ahead of the sync that will cover them ([`Appender::take_ahead`]), so
+//! that the device keeps working while a sync's last writes drain and its
+//! fdatasync runs. A buffer written ahead never holds a page that another
+//! write puts other bytes on: a chain's first buffer, which holds the last
+//! seal's partial page, is left to the next seal, and the partial last
+//! buffer is never full. So writes ahead may land in any order, and be
+//! repeated, without harm. The seal after them waits for them before its
+//! fdatasync, and a failure among them fails that sync, which then writes
+//! them again.
 
+use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
 
-use crate::io::{ALIGN, IoBuffer, StorageFile, align_down, align_up, write_all_at};
-use crate::local_sync::join_bounded;
+use crate::io::{ALIGN, IoBuffer, StorageFile, align_down, align_up, clone_io_error, write_all_at};
+use crate::local_sync::{LocalNotify, Slots, join_bounded};
 
-/// Writes of one sync issued to the device at once.
+/// Writes of one file issued to the device at once: a sync's own, and
+/// those ahead of it, together (they share [`WriteShare::slots`]).
 pub const WRITES_IN_FLIGHT_MAX: usize = 8;
+/// Full buffers taken to be written ahead between two seals: bounds the
+/// memory a log's writes ahead hold until a sync covers them.
+pub const AHEAD_CHUNKS_MAX: usize = 16;
 /// Bytes copied, then checksummed from the copy, at a time: small enough to
 /// stay in the L1 cache between the two.
 const HASHED_PIECE_BYTES: usize = 16 << 10;
@@ -43,9 +59,61 @@ impl AppenderConfig {
     }
 }
 
+/// What one file's writes share: the device depth (a sync's writes and
+/// those ahead of it), and word of each write ahead that ends.
+pub struct WriteShare {
+    pub slots: Rc<Slots>,
+    pub ahead_done: LocalNotify,
+}
+
+impl WriteShare {
+    pub fn new() -> Rc<WriteShare> {
+        Rc::new(WriteShare {
+            slots: Slots::new(WRITES_IN_FLIGHT_MAX),
+            ahead_done: LocalNotify::default(),
+        })
+    }
+}
+
+/// A full buffer taken to be written ahead of the seal that will cover it.
+/// Its bytes are final, and no other write puts other bytes on its pages.
+pub struct AheadWrite<B> {
+    pub pos: u64,
+    pub buf: Rc<B>,
+    /// `None` while the write is in flight.
+    outcome: RefCell<Option<io::Result<()>>>,
+}
+
+impl<B> AheadWrite<B> {
+    pub fn is_done(&self) -> bool {
+        self.outcome.borrow().is_some()
+    }
+
+    /// Records how the write ended (the first report counts), and tells
+    /// the seal waiting for it.
+    pub fn record(&self, result: io::Result<()>, share: &WriteShare) {
+        let mut outcome = self.outcome.borrow_mut();
+        if outcome.is_none() {
+            *outcome = Some(result);
+        }
+        drop(outcome);
+        share.ahead_done.notify_all();
+    }
+
+    fn error(&self) -> Option<io::Error> {
+        match &*self.outcome.borrow() {
+            Some(Err(e)) => Some(clone_io_error(e)),
+            _ => None,
+        }
+    }
+}
+
 /// The writes of one sync, in stages run one after the other.
 pub struct SyncJob<B> {
     stages: Vec<Vec<(u64, Rc<B>)>>,
+    /// Writes taken ahead of this seal: they must all land before its
+    /// fdatasync.
+    ahead: Vec<Rc<AheadWrite<B>>>,
     /// The logical end this job makes durable.
     pub end: u64,
     allocate_to: Option<u64>,
@@ -53,7 +121,7 @@ pub struct SyncJob<B> {
 
 impl<B> SyncJob<B> {
     pub fn is_empty(&self) -> bool {
-        self.stages.iter().all(|s| s.is_empty()) && self.allocate_to.is_none()
+        self.stages.iter().all(|s| s.is_empty()) && self.ahead.is_empty() && self.allocate_to.is_none()
     }
 }
 
@@ -61,7 +129,16 @@ pub struct Appender<F: StorageFile> {
     config: AppenderConfig,
     /// File position of the first byte of `chain[0]`; page aligned.
     chain_pos: u64,
-    chain: Vec<F::Buffer>,
+    /// `None` where a full buffer was taken to be written ahead.
+    chain: Vec<Option<F::Buffer>>,
+    /// `chain[0]` holds the partial page of the last seal (or of the file
+    /// at open), whose other version a sync may be writing: only a seal
+    /// writes it.
+    front_shared: bool,
+    /// Where in `chain` the next buffer to write ahead is.
+    next_ahead: usize,
+    /// Buffers of `chain` taken to be written ahead, not yet sealed.
+    ahead: Vec<Rc<AheadWrite<F::Buffer>>>,
     /// Bytes filled in the last buffer of `chain`.
     last_fill: usize,
     /// Logical end of the data, durable or not.
@@ -90,6 +167,9 @@ impl<F: StorageFile> Appender<F> {
             config,
             chain_pos,
             chain: Vec::new(),
+            front_shared: !tail.is_empty(),
+            next_ahead: 0,
+            ahead: Vec::new(),
             last_fill: 0,
             end: chain_pos,
             sealed_end: end,
@@ -116,10 +196,47 @@ impl<F: StorageFile> Appender<F> {
         self.end - self.durable_end
     }
 
-    /// Bytes appended since the last seal: the buffer being filled, not
-    /// counting a sync in flight.
+    /// Bytes appended since the last seal and still in the chain: neither
+    /// written ahead nor in a sync.
     pub fn unsealed_bytes(&self) -> u64 {
-        self.end - self.sealed_end
+        self.end - self.sealed_end - (self.ahead.len() * self.config.chunk_bytes) as u64
+    }
+
+    /// Where the next buffer to write ahead is, if one may go now: full,
+    /// not holding the last seal's partial page, inside reserved space, and
+    /// under [`AHEAD_CHUNKS_MAX`].
+    fn next_ahead_index(&self) -> Option<usize> {
+        let i = self.next_ahead.max(usize::from(self.front_shared));
+        let chunk = self.config.chunk_bytes;
+        let full = i + 1 < self.chain.len() || (i + 1 == self.chain.len() && self.last_fill == chunk);
+        let reserved = self.chain_pos + ((i + 1) * chunk) as u64 <= self.allocated;
+        (self.ahead.len() < AHEAD_CHUNKS_MAX && full && reserved).then_some(i)
+    }
+
+    /// Whether every write ahead taken since the last seal has ended.
+    pub fn ahead_settled(&self) -> bool {
+        self.ahead.iter().all(|a| a.is_done())
+    }
+
+    /// Whether [`take_ahead`](Self::take_ahead) has a buffer to give.
+    pub fn has_ahead(&self) -> bool {
+        self.next_ahead_index().is_some()
+    }
+
+    /// Takes the next full buffer to be written ahead of the next seal; the
+    /// caller writes it and records the outcome in the returned entry,
+    /// which the next seal waits for.
+    pub fn take_ahead(&mut self) -> Option<Rc<AheadWrite<F::Buffer>>> {
+        let i = self.next_ahead_index()?;
+        let buf = self.chain[i].take().expect("a buffer is taken once");
+        self.next_ahead = i + 1;
+        let entry = Rc::new(AheadWrite {
+            pos: self.chain_pos + (i * self.config.chunk_bytes) as u64,
+            buf: Rc::new(buf),
+            outcome: RefCell::new(None),
+        });
+        self.ahead.push(entry.clone());
+        Some(entry)
     }
 
     pub fn append(&mut self, file: &F, bytes: &[u8]) {
@@ -148,7 +265,8 @@ impl<F: StorageFile> Appender<F> {
         let mut done = 0;
         for (i, span) in spans(pos - self.chain_pos, bytes.len(), self.config.chunk_bytes) {
             let n = span.len();
-            self.chain[i].as_mut_slice()[span].copy_from_slice(&bytes[done..done + n]);
+            let buf = self.chain[i].as_mut().expect("unsealed bytes are in the chain");
+            buf.as_mut_slice()[span].copy_from_slice(&bytes[done..done + n]);
             done += n;
         }
     }
@@ -157,22 +275,28 @@ impl<F: StorageFile> Appender<F> {
     /// them, in order (one slice per buffer they span).
     fn each_slice(&self, pos: u64, len: usize, mut f: impl FnMut(&[u8])) {
         for (i, span) in spans(pos - self.chain_pos, len, self.config.chunk_bytes) {
-            f(&self.chain[i].as_slice()[span]);
+            f(&self.chain[i]
+                .as_ref()
+                .expect("unsealed bytes are in the chain")
+                .as_slice()[span]);
         }
     }
 
     fn copy_in(&mut self, file: &F, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            let full = self.chain.last().is_none_or(|b| self.last_fill == b.as_slice().len());
-            if full {
+            if self.chain.is_empty() || self.last_fill == self.config.chunk_bytes {
                 let buf = self
                     .pool
                     .pop()
                     .unwrap_or_else(|| file.alloc_buffer(self.config.chunk_bytes));
-                self.chain.push(buf);
+                self.chain.push(Some(buf));
                 self.last_fill = 0;
             }
-            let buf = self.chain.last_mut().expect("a buffer was just ensured");
+            let buf = self
+                .chain
+                .last_mut()
+                .and_then(Option::as_mut)
+                .expect("the last buffer is never full, so never written ahead");
             let room = buf.as_slice().len() - self.last_fill;
             let n = room.min(bytes.len());
             buf.as_mut_slice()[self.last_fill..self.last_fill + n].copy_from_slice(&bytes[..n]);
@@ -190,7 +314,12 @@ impl<F: StorageFile> Appender<F> {
         let chain = std::mem::take(&mut self.chain);
         let last_index = chain.len().checked_sub(1);
         let mut carried: Option<Vec<u8>> = None;
-        for (i, mut buf) in chain.into_iter().enumerate() {
+        for (i, slot) in chain.into_iter().enumerate() {
+            let Some(mut buf) = slot else {
+                // Written ahead (full, so never the partial last page).
+                pos += self.config.chunk_bytes as u64;
+                continue;
+            };
             if Some(i) == last_index {
                 let fill = self.last_fill;
                 let padded = align_up(fill as u64) as usize;
@@ -204,9 +333,12 @@ impl<F: StorageFile> Appender<F> {
             writes.push((pos, Rc::new(buf)));
             pos += len;
         }
-        assert!(pos == align_up(self.end) || writes.is_empty());
+        assert!(pos == align_up(self.end) || last_index.is_none());
         // Start the next chain at the partial last page.
         self.chain_pos = align_down(self.end);
+        self.front_shared = carried.is_some();
+        self.next_ahead = 0;
+        let ahead = std::mem::take(&mut self.ahead);
         self.last_fill = 0;
         let resume_end = self.end;
         self.end = self.chain_pos;
@@ -225,6 +357,7 @@ impl<F: StorageFile> Appender<F> {
         });
         SyncJob {
             stages,
+            ahead,
             end: self.end,
             allocate_to,
         }
@@ -239,7 +372,12 @@ impl<F: StorageFile> Appender<F> {
                 if let Some(to) = job.allocate_to {
                     self.allocated = self.allocated.max(to);
                 }
-                for (_, buf) in job.stages.into_iter().flatten() {
+                let ahead = job
+                    .ahead
+                    .into_iter()
+                    .filter_map(|a| Rc::try_unwrap(a).ok())
+                    .map(|a| (a.pos, a.buf));
+                for (_, buf) in job.stages.into_iter().flatten().chain(ahead) {
                     if self.pool.len() < self.config.pooled_chunks_max
                         && let Ok(buf) = Rc::try_unwrap(buf)
                         && buf.as_slice().len() == self.config.chunk_bytes
@@ -249,9 +387,17 @@ impl<F: StorageFile> Appender<F> {
                 }
             }
             Err(_) => {
-                // Keep every write for the next attempt, in seal order.
+                // Keep every write for the next attempt, in seal order; the
+                // writes ahead too (a failed fdatasync may have lost them).
+                // They may be in flight still: the same bytes again.
                 assert!(self.unsynced.is_empty(), "only one job runs at a time");
-                self.unsynced = job.stages.into_iter().filter(|s| !s.is_empty()).collect();
+                let ahead: Vec<_> = job.ahead.iter().map(|a| (a.pos, a.buf.clone())).collect();
+                self.unsynced = job
+                    .stages
+                    .into_iter()
+                    .chain([ahead])
+                    .filter(|s| !s.is_empty())
+                    .collect();
             }
         }
     }
@@ -273,19 +419,43 @@ fn spans(from: u64, len: usize, chunk: usize) -> impl Iterator<Item = (usize, st
     })
 }
 
-/// Runs a job: reserves space, writes, fdatasyncs. Touches no appender state,
-/// so the caller holds no borrow across it.
-pub async fn run_job<F: StorageFile>(file: &F, job: &SyncJob<F::Buffer>) -> io::Result<()> {
+/// Runs a job: reserves space, writes, waits for the writes ahead of it,
+/// fdatasyncs. Its writes take slots of `share` when given (a file written
+/// ahead must give the share its writes ahead use). Touches no appender
+/// state, so the caller holds no borrow across it.
+pub async fn run_job<F: StorageFile>(file: &F, job: &SyncJob<F::Buffer>, share: Option<&WriteShare>) -> io::Result<()> {
     if let Some(to) = job.allocate_to {
         file.allocate(to).await?;
     }
     for stage in &job.stages {
-        let writes: Vec<_> = stage.iter().map(|(pos, buf)| write_all_at(file, buf, *pos)).collect();
+        let writes: Vec<_> = stage
+            .iter()
+            .map(|(pos, buf)| async move {
+                let _slot = match share {
+                    Some(share) => Some(share.slots.acquire().await),
+                    None => None,
+                };
+                write_all_at(file, buf, *pos).await
+            })
+            .collect();
         for r in join_bounded(writes, WRITES_IN_FLIGHT_MAX).await {
             r?;
         }
     }
-    if job.stages.iter().any(|s| !s.is_empty()) || job.allocate_to.is_some() {
+    if !job.ahead.is_empty() {
+        let share = share.expect("writes ahead are told of through a share");
+        loop {
+            let done = share.ahead_done.listen();
+            if job.ahead.iter().all(|a| a.is_done()) {
+                break;
+            }
+            done.await;
+        }
+        if let Some(e) = job.ahead.iter().find_map(|a| a.error()) {
+            return Err(e);
+        }
+    }
+    if !job.is_empty() {
         file.sync_data().await?;
     }
     Ok(())
@@ -329,7 +499,7 @@ mod tests {
             a.patch(header_at + 8 + 3990, &[0xAB; 10]);
             a.patch(header_at, &[1, 2, 3, 4, 5, 6, 7, 8]);
             let job = a.seal(&file);
-            run_job(&file, &job).await.unwrap();
+            run_job(&file, &job, None).await.unwrap();
             a.finish(job, &Ok(()));
             let end = a.end();
             let written = file.read_at(0, end as usize).await.unwrap();
@@ -340,6 +510,88 @@ mod tests {
             expected[at..at + 10].fill(0xAB);
             assert_eq!(&written[..], &expected[..]);
         });
+    }
+
+    #[test]
+    fn writes_ahead_take_full_buffers_past_the_shared_page_and_the_seal_waits_for_them() {
+        block_on(async {
+            let (file, config) = page_chunks().await;
+            let share = WriteShare::new();
+            // Data ends mid-page: the first buffer holds a page the last
+            // sync wrote in another version, so only a seal writes it.
+            let tail = vec![7u8; 100];
+            file.write_at(Rc::new(padded(&file, &tail)), 0).await.unwrap();
+            let mut a = Appender::new(&file, config, 100, &tail, 4 * ALIGN as u64);
+            let payload: Vec<u8> = (0..5 * ALIGN as u32).map(|i| (i * 13 + 1) as u8).collect();
+            a.append(&file, &payload);
+            // Pages 1 to 3 are full and reserved; page 4 is past the
+            // reserved space, and page 5 is the partial last one.
+            let unsealed = a.unsealed_bytes();
+            let taken: Vec<_> = std::iter::from_fn(|| a.take_ahead()).collect();
+            assert_eq!(taken.iter().map(|t| t.pos).collect::<Vec<_>>(), [4096, 8192, 12288]);
+            assert_eq!(a.unsealed_bytes(), unsealed - 3 * ALIGN as u64);
+            assert!(!a.ahead_settled());
+            let job = a.seal(&file);
+            let staged: Vec<u64> = job.stages.iter().flatten().map(|(pos, _)| *pos).collect();
+            assert_eq!(staged, [0, 16384, 20480]);
+            // The seal's sync ends only after the writes ahead do.
+            let mut sync = Box::pin(run_job(&file, &job, Some(&share)));
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            assert!(sync.as_mut().poll(&mut cx).is_pending());
+            for t in &taken {
+                let r = write_all_at(&file, &t.buf, t.pos).await;
+                t.record(r, &share);
+            }
+            sync.await.unwrap();
+            a.finish(job, &Ok(()));
+            assert_eq!(a.durable_end(), 100 + payload.len() as u64);
+            let written = file.read_at(0, a.end() as usize).await.unwrap();
+            assert_eq!(&written[..100], &tail[..]);
+            assert_eq!(&written[100..], &payload[..]);
+        });
+    }
+
+    #[test]
+    fn a_failed_write_ahead_fails_its_sync_and_the_next_writes_it_again() {
+        block_on(async {
+            let (file, config) = page_chunks().await;
+            let share = WriteShare::new();
+            let mut a = Appender::new(&file, config, 0, &[], 8 * ALIGN as u64);
+            a.append(&file, &[5u8; 2 * ALIGN + 10]);
+            // With no shared page, the first buffer may go ahead too.
+            let first = a.take_ahead().expect("a full buffer");
+            let second = a.take_ahead().expect("a full buffer");
+            assert!(a.take_ahead().is_none());
+            first.record(Ok(()), &share);
+            second.record(Err(io::Error::from_raw_os_error(28)), &share);
+            let job = a.seal(&file);
+            let err = run_job(&file, &job, Some(&share)).await.unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(28), "the write's own error");
+            a.finish(job, &Err(err));
+            assert_eq!(a.durable_end(), 0);
+            a.append(&file, &[6u8; 10]);
+            let retry = a.seal(&file);
+            let staged: Vec<u64> = retry.stages.iter().flatten().map(|(pos, _)| *pos).collect();
+            assert_eq!(
+                staged,
+                [8192, 0, 4096, 8192],
+                "the failed seal's page, its writes ahead, then the new page"
+            );
+            run_job(&file, &retry, Some(&share)).await.unwrap();
+            a.finish(retry, &Ok(()));
+            let written = file.read_at(0, a.end() as usize).await.unwrap();
+            assert!(written[..2 * ALIGN + 10].iter().all(|b| *b == 5));
+            assert!(written[2 * ALIGN + 10..].iter().all(|b| *b == 6));
+        });
+    }
+
+    /// `bytes` zero-padded to whole pages in a buffer of `file`'s.
+    fn padded<F: StorageFile>(file: &F, bytes: &[u8]) -> F::Buffer {
+        let mut buf = file.alloc_buffer(align_up(bytes.len() as u64) as usize);
+        buf.as_mut_slice().fill(0);
+        buf.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
+        buf
     }
 
     #[test]

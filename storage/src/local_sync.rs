@@ -1,6 +1,6 @@
-//! Runtime-agnostic async primitives for one thread: a fair mutex and a
-//! bounded join. The log uses them so it runs on glommio and on the test
-//! executor alike.
+//! Runtime-agnostic async primitives for one thread: a fair mutex, a
+//! notification, a count of slots and a bounded join. The log uses them so
+//! it runs on glommio and on the test executor alike.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -159,6 +159,51 @@ impl LocalNotify {
             }
             Poll::Pending
         })
+    }
+}
+
+/// A count of slots shared by tasks on one thread: at most `total` holders
+/// at once, the others waiting. The log's writes take one each, so the
+/// writes ahead of a sync and the sync's own share one depth at the device.
+pub struct Slots {
+    free: std::cell::Cell<usize>,
+    released: LocalNotify,
+}
+
+/// One slot, given back on drop.
+pub struct SlotGuard {
+    slots: Rc<Slots>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.slots.free.set(self.slots.free.get() + 1);
+        self.slots.released.notify_all();
+    }
+}
+
+impl Slots {
+    pub fn new(total: usize) -> Rc<Slots> {
+        assert!(total > 0);
+        Rc::new(Slots {
+            free: std::cell::Cell::new(total),
+            released: LocalNotify::default(),
+        })
+    }
+
+    pub fn free(&self) -> usize {
+        self.free.get()
+    }
+
+    pub async fn acquire(self: &Rc<Self>) -> SlotGuard {
+        loop {
+            let released = self.released.listen();
+            if self.free.get() > 0 {
+                self.free.set(self.free.get() - 1);
+                return SlotGuard { slots: self.clone() };
+            }
+            released.await;
+        }
     }
 }
 

@@ -41,7 +41,7 @@ use std::task::Poll;
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use crate::appender::{Appender, SyncJob, run_job};
+use crate::appender::{AheadWrite, Appender, SyncJob, WRITES_IN_FLIGHT_MAX, WriteShare, run_job};
 use crate::batch::BatchHeader;
 use crate::cache::{BatchCache, CacheLogId};
 use crate::checkpoint::{Checkpoint, SegmentCheckpoint};
@@ -49,7 +49,7 @@ use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::frame::{CRC_FIELD, FRAME_HEADER_BYTES, FrameError, FrameHeader};
 use crate::index::{NewEntries, OFFSET_ENTRY_BYTES, SegmentIndex, TIME_ENTRY_BYTES};
-use crate::io::{ALIGN, FileSystem, StorageFile, align_up, read_file, write_file_atomic};
+use crate::io::{ALIGN, FileSystem, StorageFile, align_up, clone_io_error, read_file, write_file_atomic};
 use crate::local_sync::{LocalMutex, LocalMutexGuard, LocalNotify};
 use crate::offset::Offset;
 use crate::segment::{
@@ -119,6 +119,8 @@ pub struct LogStats {
     /// Checkpoints that failed since the log was opened (the data stays
     /// durable; recovery would scan further back).
     pub checkpoint_failures: u64,
+    /// Full buffers written ahead of the sync that covered them.
+    pub writes_ahead: u64,
 }
 
 /// The writer side of the active (last) segment.
@@ -146,6 +148,7 @@ struct State<F: StorageFile> {
     bytes_since_checkpoint: u64,
     sync_count: u64,
     checkpoint_failures: u64,
+    writes_ahead: u64,
     /// Tasks running `flush_until_closed`.
     flushers: u32,
     /// Stamped into each appended batch's partition leader epoch.
@@ -229,6 +232,11 @@ pub struct Log<S: FileSystem> {
     /// Notified when the durable offset moves (either way: truncation) and
     /// on close.
     durable_notify: LocalNotify,
+    /// Notified when an append fills a buffer that may be written ahead.
+    ahead_notify: LocalNotify,
+    /// The device depth the active file's writes share, and word of writes
+    /// ahead that end.
+    write_share: Rc<WriteShare>,
     state: RefCell<State<S::File>>,
     /// The sync being run under `io_lock`, kept here rather than in its
     /// caller's future so that it survives the caller (see `sync_locked`).
@@ -335,6 +343,8 @@ impl<S: FileSystem> Log<S> {
             pending_notify: LocalNotify::default(),
             sealed_notify: LocalNotify::default(),
             durable_notify: LocalNotify::default(),
+            ahead_notify: LocalNotify::default(),
+            write_share: WriteShare::new(),
             sync_in_flight: RefCell::new(None),
             state: RefCell::new(State {
                 config,
@@ -349,6 +359,7 @@ impl<S: FileSystem> Log<S> {
                 bytes_since_checkpoint: 0,
                 sync_count: 0,
                 checkpoint_failures: 0,
+                writes_ahead: 0,
                 flushers: 0,
                 leader_epoch: 0,
                 closed: false,
@@ -425,6 +436,7 @@ impl<S: FileSystem> Log<S> {
             size_bytes: st.segments.values().map(|s| s.end).sum(),
             sync_count: st.sync_count,
             checkpoint_failures: st.checkpoint_failures,
+            writes_ahead: st.writes_ahead,
         }
     }
 
@@ -463,8 +475,11 @@ impl<S: FileSystem> Log<S> {
     /// (`Ok`) or a sync fails (`Err`; the caller backs off and runs it
     /// again). While it runs, appends that find the write buffer full wait
     /// for its next sync instead of syncing themselves, so appending and
-    /// writing overlap; and checkpoints that fall due are written beside
-    /// the syncs, which go on meanwhile, so the disk keeps taking data.
+    /// writing overlap; full buffers are written ahead of the next sync,
+    /// so the device keeps working while a sync drains and fdatasyncs; and
+    /// checkpoints that fall due are written beside the syncs, which go on
+    /// meanwhile, so the disk keeps taking data. Run it to its end: writes
+    /// ahead it has in flight are finished before it returns.
     pub async fn flush_until_closed(&self) -> Result<()> {
         struct Registration<'a, S: FileSystem>(&'a Log<S>);
         impl<S: FileSystem> Drop for Registration<'_, S> {
@@ -492,6 +507,7 @@ impl<S: FileSystem> Log<S> {
             };
             stop.set(true);
             self.pending_notify.notify_all();
+            self.ahead_notify.notify_all();
             result
         };
         let checkpoints = async {
@@ -513,7 +529,63 @@ impl<S: FileSystem> Log<S> {
                 failed_at_sync = failed.then(|| self.state.borrow().sync_count);
             }
         };
-        futures_lite::future::zip(syncs, checkpoints).await.0
+        let ahead = self.write_ahead_until(&stop);
+        futures_lite::future::zip(futures_lite::future::zip(syncs, checkpoints), ahead)
+            .await
+            .0
+            .0
+    }
+
+    /// The flusher's writes ahead: takes full buffers from the write buffer
+    /// as appends fill them and writes them, up to the device depth, until
+    /// the log closes or `stop` is set; then finishes those in flight.
+    async fn write_ahead_until(&self, stop: &Cell<bool>) {
+        let mut in_flight: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
+        loop {
+            let ending = {
+                let st = self.state.borrow();
+                st.closed || stop.get()
+            };
+            while !ending && in_flight.len() < WRITES_IN_FLIGHT_MAX {
+                let taken = {
+                    let mut st = self.state.borrow_mut();
+                    if st.write_error.is_some() {
+                        None
+                    } else {
+                        let file = st.active().file.clone();
+                        let taken = st.writer.log.take_ahead().map(|entry| (file, entry));
+                        st.writes_ahead += u64::from(taken.is_some());
+                        taken
+                    }
+                };
+                let Some((file, entry)) = taken else {
+                    break;
+                };
+                // The write buffer has room again.
+                self.sealed_notify.notify_all();
+                in_flight.push(Box::pin(write_ahead(file, entry, self.write_share.clone())));
+            }
+            if ending && in_flight.is_empty() {
+                return;
+            }
+            // Until a write ends, a buffer fills, or the flusher stops.
+            let filled = self.ahead_notify.listen();
+            let woken = self.pending_notify.listen();
+            let mut filled = std::pin::pin!(filled);
+            let mut woken = std::pin::pin!(woken);
+            std::future::poll_fn(|cx| {
+                let before = in_flight.len();
+                in_flight.retain_mut(|w| w.as_mut().poll(cx).is_pending());
+                if in_flight.len() < before
+                    || (!ending && (filled.as_mut().poll(cx).is_ready() || woken.as_mut().poll(cx).is_ready()))
+                {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
     }
 
     /// Appends one record batch (magic v2, as a producer sent it), assigning
@@ -590,6 +662,7 @@ impl<S: FileSystem> Log<S> {
         let active = segments.values_mut().next_back().expect("active segment");
         let position = active.end;
         let was_idle = writer.log.pending_bytes() == 0;
+        let had_ahead = writer.log.has_ahead();
         {
             // The payload is checksummed as it is copied; the CRC goes into
             // the header appended just before it.
@@ -617,6 +690,9 @@ impl<S: FileSystem> Log<S> {
         if was_idle {
             self.pending_notify.notify_all();
         }
+        if !had_ahead && st.writer.log.has_ahead() {
+            self.ahead_notify.notify_all();
+        }
         AppendInfo {
             base_offset: base,
             last_offset: frame.last_offset(),
@@ -627,13 +703,21 @@ impl<S: FileSystem> Log<S> {
 
     /// Makes everything appended so far durable; returns the durable offset.
     pub async fn sync(&self) -> Result<Offset> {
-        let target = self.end_offset();
-        self.wait_durable(target).await?;
-        Ok(self.durable_offset())
+        loop {
+            let target = self.end_offset();
+            match self.wait_durable(target).await {
+                // A truncation cut the end while this waited: sync up to
+                // the new one.
+                Err(StorageError::OffsetOutOfRange { .. }) => continue,
+                r => r?,
+            }
+            return Ok(self.durable_offset());
+        }
     }
 
     /// Waits until every offset below `offset` is durable, syncing if no one
-    /// else is. Concurrent callers share syncs (group commit).
+    /// else is. Concurrent callers share syncs (group commit). Fails with
+    /// `OffsetOutOfRange` when a truncation removes what it waits for.
     pub async fn wait_durable(&self, offset: Offset) -> Result<()> {
         loop {
             {
@@ -644,7 +728,13 @@ impl<S: FileSystem> Log<S> {
                 if st.closed {
                     return Err(StorageError::Closed);
                 }
-                assert!(offset <= st.end_offset, "waiting for an offset never appended");
+                if offset > st.end_offset {
+                    return Err(StorageError::OffsetOutOfRange {
+                        requested: offset,
+                        start: st.start_offset,
+                        end: st.end_offset,
+                    });
+                }
             }
             {
                 let _guard = self.io_lock.lock().await;
@@ -717,8 +807,9 @@ impl<S: FileSystem> Log<S> {
             return Ok(());
         }
         let synced_bytes = job.end - self.state.borrow().writer.log.durable_end();
+        let share = self.write_share.clone();
         let io: SyncIo<S::File> = Box::pin(async move {
-            let result = run_job(file.as_ref(), &job).await;
+            let result = run_job(file.as_ref(), &job, Some(&share)).await;
             (job, result)
         });
         *self.sync_in_flight.borrow_mut() = Some(SyncInFlight {
@@ -859,8 +950,8 @@ impl<S: FileSystem> Log<S> {
             let time_job = w.time_index.seal(&time_file);
             (offset_job, offset_file, time_job, time_file, counts)
         };
-        let r1 = run_job(offset_file.as_ref(), &offset_job).await;
-        let r2 = run_job(time_file.as_ref(), &time_job).await;
+        let r1 = run_job(offset_file.as_ref(), &offset_job, None).await;
+        let r2 = run_job(time_file.as_ref(), &time_job, None).await;
         let mut st = self.state.borrow_mut();
         st.writer.offset_index.finish(offset_job, &r1);
         st.writer.time_index.finish(time_job, &r2);
@@ -1227,7 +1318,22 @@ impl<S: FileSystem> Log<S> {
         }
         self.sync_locked().await?;
         let _paused = self.pause_appends();
+        // Writes ahead taken since that sync must land before the cut:
+        // one landing after would put old bytes past it.
+        self.settle_writes_ahead().await;
         self.truncate_inner(offset).await
+    }
+
+    /// Waits until every write ahead the active writer has taken has ended.
+    /// The flusher that took them finishes them before it returns.
+    async fn settle_writes_ahead(&self) {
+        loop {
+            let done = self.write_share.ahead_done.listen();
+            if self.state.borrow().writer.log.ahead_settled() {
+                return;
+            }
+            done.await;
+        }
     }
 
     async fn truncate_inner(&self, offset: Offset) -> Result<()> {
@@ -1323,13 +1429,6 @@ impl<S: FileSystem> Log<S> {
         if !st.closed {
             st.check_invariants();
         }
-    }
-}
-
-fn clone_io_error(e: &std::io::Error) -> std::io::Error {
-    match e.raw_os_error() {
-        Some(code) => std::io::Error::from_raw_os_error(code),
-        None => std::io::Error::new(e.kind(), e.to_string()),
     }
 }
 
@@ -1568,7 +1667,7 @@ async fn activate<S: FileSystem>(
     writer.time_index.append(&writer.time_index_file, &time_bytes);
     // Zero the rest of the last page and make the cut durable.
     let job = writer.log.seal(file.as_ref());
-    let result = run_job(file.as_ref(), &job).await;
+    let result = run_job(file.as_ref(), &job, None).await;
     writer.log.finish(job, &result);
     result.map_err(io_err("sync", &path))?;
     file.sync_data().await.map_err(io_err("sync", &path))?;
@@ -1585,7 +1684,7 @@ async fn activate<S: FileSystem>(
         ),
     ] {
         let job = w.seal(f.as_ref());
-        let result = run_job(f.as_ref(), &job).await;
+        let result = run_job(f.as_ref(), &job, None).await;
         w.finish(job, &result);
         result.map_err(io_err("sync index", &segment_file(dir, seg.base, p)))?;
     }
@@ -1618,6 +1717,33 @@ async fn persist_full_index<S: FileSystem>(fs: &S, dir: &Path, seg: &mut Segment
 
 /// Trims the index files of a writer that is done to their data (giving
 /// back preallocated space) and closes them.
+/// Writes one buffer ahead of the sync that will cover it, in one of the
+/// file's write slots, and records how it ended. Dropped before it ends
+/// (even unpolled), it records the write as failed, so that the sync
+/// waiting for it writes it again instead of waiting forever.
+fn write_ahead<F: StorageFile>(
+    file: Rc<F>,
+    entry: Rc<AheadWrite<F::Buffer>>,
+    share: Rc<WriteShare>,
+) -> impl Future<Output = ()> {
+    struct Abandoned<B>(Rc<AheadWrite<B>>, Rc<WriteShare>);
+    impl<B> Drop for Abandoned<B> {
+        fn drop(&mut self) {
+            if !self.0.is_done() {
+                self.0
+                    .record(Err(std::io::Error::other("write ahead abandoned")), &self.1);
+            }
+        }
+    }
+    let guard = Abandoned(entry, share);
+    async move {
+        let Abandoned(entry, share) = &guard;
+        let _slot = share.slots.acquire().await;
+        let result = crate::io::write_all_at(file.as_ref(), &entry.buf, entry.pos).await;
+        entry.record(result, share);
+    }
+}
+
 async fn close_writer<F: StorageFile>(writer: ActiveWriter<F>) {
     let ActiveWriter {
         offset_index,
@@ -1725,6 +1851,76 @@ mod tests {
             let (flushed, ()) = futures_lite::future::zip(log.flush_until_closed(), body).await;
             flushed.unwrap();
         });
+    }
+
+    #[test]
+    fn truncations_beside_a_flusher_writing_ahead_keep_every_batch_whole() {
+        // Before, a truncation that cut the end while the flusher's sync
+        // waited for it tripped an assertion in the flusher.
+        let writes_ahead = block_on(async {
+            // Slow writes, so that writes ahead are in flight when the
+            // truncation comes.
+            let faults = SimFaults {
+                yield_ppm: 1_000_000,
+                yields_max: 30,
+                ..SimFaults::default()
+            };
+            let fs = SimFileSystem::new(9, faults);
+            let config = LogConfig {
+                appender: AppenderConfig {
+                    chunk_bytes: ALIGN,
+                    pooled_chunks_max: 4,
+                    preallocate_bytes: 1 << 20,
+                },
+                ..LogConfig::default()
+            };
+            let dir = PathBuf::from("/data/t-0");
+            let log = Log::open(fs.clone(), dir.clone(), config, BatchCache::new(1 << 20), T0)
+                .await
+                .unwrap();
+            let stop = Cell::new(false);
+            let appender = async {
+                while !stop.get() {
+                    log.append(Bytes::from(build_batch(4, 1500, T0)), T0).await.unwrap();
+                    futures_lite::future::yield_now().await;
+                }
+            };
+            let body = async {
+                append_until_durable(&log, 1, 100).await;
+                for _ in 0..20 {
+                    settle().await;
+                    let cut = log.end_offset().0 / 2;
+                    log.truncate_to(Offset(cut.max(1))).await.unwrap();
+                }
+                stop.set(true);
+                settle().await;
+                log.sync().await.unwrap();
+                log.close().await.unwrap();
+            };
+            let (flushed, ((), ())) =
+                futures_lite::future::zip(log.flush_until_closed(), futures_lite::future::zip(appender, body)).await;
+            flushed.unwrap();
+            let end = log.end_offset();
+            let writes_ahead = log.stats().writes_ahead;
+            drop(log);
+            // Every batch reads back whole: none was overwritten by a write
+            // ahead that landed after the cut.
+            fs.set_faults(SimFaults::default());
+            let log = Log::open(fs, dir, config, BatchCache::new(0), T0).await.unwrap();
+            assert_eq!(log.end_offset(), end);
+            let mut next = Offset(0);
+            while next < end {
+                let limits = ReadLimits {
+                    bytes_max: 1 << 20,
+                    upper: end,
+                    min_one: true,
+                };
+                let batches = log.read(next, limits).await.unwrap();
+                next = batches.last().expect("a batch").next_offset();
+            }
+            writes_ahead
+        });
+        assert!(writes_ahead > 0, "the run wrote ahead");
     }
 
     #[test]

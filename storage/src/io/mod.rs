@@ -105,6 +105,15 @@ pub async fn write_file_atomic<S: FileSystem>(fs: &S, path: &Path, bytes: &[u8])
     fs.sync_dir(dir).await
 }
 
+/// A copy of an I/O error (they are not `Clone`) for a second reporter: the
+/// OS error code when there is one, else the kind and message.
+pub fn clone_io_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
 /// Reads a whole small file; `None` when it does not exist.
 pub async fn read_file<S: FileSystem>(fs: &S, path: &Path) -> io::Result<Option<Bytes>> {
     if !fs.exists(path).await {

@@ -33,9 +33,12 @@ pub struct SimFaults {
     pub sync_eio_ppm: u32,
     /// Flip bits in a torn sector when [`SimFileSystem::crash`] tears a write.
     pub torn_garbage: bool,
-    /// Writes and syncs that first yield to other tasks once, as real I/O
-    /// does while the device works: concurrent callers then interleave.
+    /// Writes and syncs that first yield to other tasks, as real I/O does
+    /// while the device works: concurrent callers then interleave.
     pub yield_ppm: u32,
+    /// How many times such a write or sync yields: from 1 to this many
+    /// (0 counts as 1), so that some take long while others pass them.
+    pub yields_max: u32,
 }
 
 /// SplitMix64: small, fast, and enough for reproducible fault schedules.
@@ -415,9 +418,14 @@ impl SimFile {
         let yields = {
             let mut st = self.fs.state.borrow_mut();
             let ppm = st.faults.yield_ppm;
-            st.rng.chance_ppm(ppm)
+            let most = u64::from(st.faults.yields_max.max(1));
+            match st.rng.chance_ppm(ppm) {
+                false => 0,
+                true if most == 1 => 1,
+                true => 1 + st.rng.below(most),
+            }
         };
-        if yields {
+        for _ in 0..yields {
             futures_lite::future::yield_now().await;
         }
     }
