@@ -62,8 +62,8 @@ impl AppenderConfig {
 /// What one file's writes share: the device depth (a sync's writes and
 /// those ahead of it), and word of each write ahead that ends.
 pub struct WriteShare {
-    pub slots: Rc<Slots>,
-    pub ahead_done: LocalNotify,
+    pub slots: Slots,
+    ahead_done: LocalNotify,
 }
 
 impl WriteShare {
@@ -73,6 +73,22 @@ impl WriteShare {
             ahead_done: LocalNotify::default(),
         })
     }
+
+    /// Waits until `settled` holds, looking again each time a write ahead
+    /// ends.
+    pub async fn until_ahead(&self, settled: impl Fn() -> bool) {
+        loop {
+            let done = self.ahead_done.listen();
+            if settled() {
+                return;
+            }
+            done.await;
+        }
+    }
+}
+
+fn all_done<B>(writes: &[Rc<AheadWrite<B>>]) -> bool {
+    writes.iter().all(|a| a.is_done())
 }
 
 /// A full buffer taken to be written ahead of the seal that will cover it.
@@ -215,7 +231,7 @@ impl<F: StorageFile> Appender<F> {
 
     /// Whether every write ahead taken since the last seal has ended.
     pub fn ahead_settled(&self) -> bool {
-        self.ahead.iter().all(|a| a.is_done())
+        all_done(&self.ahead)
     }
 
     /// Whether [`take_ahead`](Self::take_ahead) has a buffer to give.
@@ -444,13 +460,7 @@ pub async fn run_job<F: StorageFile>(file: &F, job: &SyncJob<F::Buffer>, share: 
     }
     if !job.ahead.is_empty() {
         let share = share.expect("writes ahead are told of through a share");
-        loop {
-            let done = share.ahead_done.listen();
-            if job.ahead.iter().all(|a| a.is_done()) {
-                break;
-            }
-            done.await;
-        }
+        share.until_ahead(|| all_done(&job.ahead)).await;
         if let Some(e) = job.ahead.iter().find_map(|a| a.error()) {
             return Err(e);
         }

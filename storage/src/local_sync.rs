@@ -171,11 +171,11 @@ pub struct Slots {
 }
 
 /// One slot, given back on drop.
-pub struct SlotGuard {
-    slots: Rc<Slots>,
+pub struct SlotGuard<'a> {
+    slots: &'a Slots,
 }
 
-impl Drop for SlotGuard {
+impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         self.slots.free.set(self.slots.free.get() + 1);
         self.slots.released.notify_all();
@@ -183,24 +183,20 @@ impl Drop for SlotGuard {
 }
 
 impl Slots {
-    pub fn new(total: usize) -> Rc<Slots> {
+    pub fn new(total: usize) -> Slots {
         assert!(total > 0);
-        Rc::new(Slots {
+        Slots {
             free: std::cell::Cell::new(total),
             released: LocalNotify::default(),
-        })
+        }
     }
 
-    pub fn free(&self) -> usize {
-        self.free.get()
-    }
-
-    pub async fn acquire(self: &Rc<Self>) -> SlotGuard {
+    pub async fn acquire(&self) -> SlotGuard<'_> {
         loop {
             let released = self.released.listen();
             if self.free.get() > 0 {
                 self.free.set(self.free.get() - 1);
-                return SlotGuard { slots: self.clone() };
+                return SlotGuard { slots: self };
             }
             released.await;
         }
@@ -284,6 +280,21 @@ mod tests {
         assert!(late.as_mut().poll(&mut cx).is_pending());
         n.notify_all();
         assert!(late.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn slots_hold_back_the_holder_past_the_count_until_one_is_given_back() {
+        let slots = Slots::new(2);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        block_on(async {
+            let a = slots.acquire().await;
+            let _b = slots.acquire().await;
+            let mut third = Box::pin(slots.acquire());
+            assert!(third.as_mut().poll(&mut cx).is_pending());
+            drop(a);
+            assert!(third.as_mut().poll(&mut cx).is_ready());
+        });
     }
 
     #[test]

@@ -49,7 +49,7 @@ use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::frame::{CRC_FIELD, FRAME_HEADER_BYTES, FrameError, FrameHeader};
 use crate::index::{NewEntries, OFFSET_ENTRY_BYTES, SegmentIndex, TIME_ENTRY_BYTES};
-use crate::io::{ALIGN, FileSystem, StorageFile, align_up, clone_io_error, read_file, write_file_atomic};
+use crate::io::{ALIGN, FileSystem, StorageFile, align_up, clone_io_error, read_file, write_all_at, write_file_atomic};
 use crate::local_sync::{LocalMutex, LocalMutexGuard, LocalNotify};
 use crate::offset::Offset;
 use crate::segment::{
@@ -1319,21 +1319,12 @@ impl<S: FileSystem> Log<S> {
         self.sync_locked().await?;
         let _paused = self.pause_appends();
         // Writes ahead taken since that sync must land before the cut:
-        // one landing after would put old bytes past it.
-        self.settle_writes_ahead().await;
+        // one landing after would put old bytes past it. (The flusher that
+        // took them finishes them before it returns.)
+        self.write_share
+            .until_ahead(|| self.state.borrow().writer.log.ahead_settled())
+            .await;
         self.truncate_inner(offset).await
-    }
-
-    /// Waits until every write ahead the active writer has taken has ended.
-    /// The flusher that took them finishes them before it returns.
-    async fn settle_writes_ahead(&self) {
-        loop {
-            let done = self.write_share.ahead_done.listen();
-            if self.state.borrow().writer.log.ahead_settled() {
-                return;
-            }
-            done.await;
-        }
     }
 
     async fn truncate_inner(&self, offset: Offset) -> Result<()> {
@@ -1715,8 +1706,6 @@ async fn persist_full_index<S: FileSystem>(fs: &S, dir: &Path, seg: &mut Segment
     Ok(())
 }
 
-/// Trims the index files of a writer that is done to their data (giving
-/// back preallocated space) and closes them.
 /// Writes one buffer ahead of the sync that will cover it, in one of the
 /// file's write slots, and records how it ended. Dropped before it ends
 /// (even unpolled), it records the write as failed, so that the sync
@@ -1739,11 +1728,13 @@ fn write_ahead<F: StorageFile>(
     async move {
         let Abandoned(entry, share) = &guard;
         let _slot = share.slots.acquire().await;
-        let result = crate::io::write_all_at(file.as_ref(), &entry.buf, entry.pos).await;
+        let result = write_all_at(file.as_ref(), &entry.buf, entry.pos).await;
         entry.record(result, share);
     }
 }
 
+/// Trims the index files of a writer that is done to their data (giving
+/// back preallocated space) and closes them.
 async fn close_writer<F: StorageFile>(writer: ActiveWriter<F>) {
     let ActiveWriter {
         offset_index,

@@ -421,6 +421,8 @@ impl SimFile {
             let most = u64::from(st.faults.yields_max.max(1));
             match st.rng.chance_ppm(ppm) {
                 false => 0,
+                // No second draw: seeds run before `yields_max` keep their
+                // schedules.
                 true if most == 1 => 1,
                 true => 1 + st.rng.below(most),
             }
