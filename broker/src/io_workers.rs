@@ -1,15 +1,19 @@
 //! Where the kernel runs a shard's blocking file operations.
 //!
 //! io_uring cannot run every operation without blocking: fdatasync, and
-//! direct writes into preallocated (unwritten) extents, go to the kernel's
-//! io-wq worker threads of the submitting thread. Those workers start with
-//! the affinity of the thread that made them, so a shard pinned to a CPU
-//! has its syncs run on that same CPU, queued behind its own work. Under
-//! load the shard's CPU is busy, and each sync waits for it: measured at
-//! 640 MB/s of acks=all produce on one shard, a partition's write and
-//! fdatasync took twice as long at the median with the workers on the
-//! shard's CPU as on another (docs/PERFORMANCE.md). `--io-cpuset` lets
-//! them run elsewhere.
+//! direct writes that ext4 cannot start at once, go to the kernel's io-wq
+//! worker threads of the submitting thread. The second are a log's writes
+//! over both written and preallocated (unwritten) blocks, as each sync's
+//! first write is: it rewrites the last sync's partial page, then goes on
+//! into fresh space (docs/PERFORMANCE.md, "Which writes block").
+//!
+//! Those workers start with the affinity of the thread that made them, so
+//! a shard pinned to a CPU has its syncs run on that same CPU, queued
+//! behind its own work. Under load the shard's CPU is busy, and each sync
+//! waits for it: measured at 640 MB/s of acks=all produce on one shard, a
+//! partition's write and fdatasync took twice as long at the median with
+//! the workers on the shard's CPU as on another (docs/PERFORMANCE.md).
+//! `--io-cpuset` lets them run elsewhere.
 //!
 //! The affinity is set with IORING_REGISTER_IOWQ_AFF, which applies to the
 //! calling thread's workers (for rings without SQPOLL, which glommio does
