@@ -537,8 +537,9 @@ impl<S: FileSystem> Log<S> {
     }
 
     /// The flusher's writes ahead: takes full buffers from the write buffer
-    /// as appends fill them and writes them, up to the device depth, until
-    /// the log closes or `stop` is set; then finishes those in flight.
+    /// as appends fill them (none while appends are paused) and writes
+    /// them, up to the device depth, until the log closes or `stop` is set;
+    /// then finishes those in flight.
     async fn write_ahead_until(&self, stop: &Cell<bool>) {
         let mut in_flight: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
         loop {
@@ -549,13 +550,14 @@ impl<S: FileSystem> Log<S> {
             while !ending && in_flight.len() < WRITES_IN_FLIGHT_MAX {
                 let taken = {
                     let mut st = self.state.borrow_mut();
-                    if st.write_error.is_some() {
+                    // Paused, the writer is about to be cut or replaced:
+                    // nothing more goes ahead of it (see `truncate_to`).
+                    if st.write_error.is_some() || st.appends_paused {
                         None
                     } else {
-                        let file = st.active().file.clone();
-                        let taken = st.writer.log.take_ahead().map(|entry| (file, entry));
+                        let taken = st.writer.log.take_ahead();
                         st.writes_ahead += u64::from(taken.is_some());
-                        taken
+                        taken.map(|entry| (st.active().file.clone(), entry))
                     }
                 };
                 let Some((file, entry)) = taken else {
@@ -899,6 +901,8 @@ impl<S: FileSystem> Log<S> {
         impl<S: FileSystem> Drop for Paused<'_, S> {
             fn drop(&mut self) {
                 self.0.state.borrow_mut().appends_paused = false;
+                // Buffers filled before the pause may go ahead again.
+                self.0.ahead_notify.notify_all();
             }
         }
         self.state.borrow_mut().appends_paused = true;
@@ -1319,8 +1323,9 @@ impl<S: FileSystem> Log<S> {
         self.sync_locked().await?;
         let _paused = self.pause_appends();
         // Writes ahead taken since that sync must land before the cut:
-        // one landing after would put old bytes past it. (The flusher that
-        // took them finishes them before it returns.)
+        // one landing after would put old bytes past it. Paused, the
+        // flusher takes no more. (The flusher that took them finishes them
+        // before it returns.)
         self.write_share
             .until_ahead(|| self.state.borrow().writer.log.ahead_settled())
             .await;
@@ -1912,6 +1917,49 @@ mod tests {
             writes_ahead
         });
         assert!(writes_ahead > 0, "the run wrote ahead");
+    }
+
+    #[test]
+    fn nothing_goes_ahead_while_appends_are_paused() {
+        block_on(async {
+            let config = LogConfig {
+                appender: AppenderConfig {
+                    chunk_bytes: ALIGN,
+                    pooled_chunks_max: 4,
+                    preallocate_bytes: 1 << 20,
+                },
+                ..LogConfig::default()
+            };
+            let log = Log::open(
+                SimFileSystem::reliable(3),
+                PathBuf::from("/data/t-0"),
+                config,
+                BatchCache::new(1 << 20),
+                T0,
+            )
+            .await
+            .unwrap();
+            // Reserve space, then fill pages that may go ahead.
+            log.append(Bytes::from(build_batch(1, 100, T0)), T0).await.unwrap();
+            log.sync().await.unwrap();
+            for _ in 0..4 {
+                log.append(Bytes::from(build_batch(4, 1500, T0)), T0).await.unwrap();
+            }
+            // Held, the lock keeps the flusher's syncs from sealing them.
+            let io = log.io_lock.lock().await;
+            let paused = log.pause_appends();
+            let body = async {
+                settle().await;
+                assert_eq!(log.stats().writes_ahead, 0, "nothing ahead while paused");
+                drop(paused);
+                settle().await;
+                assert!(log.stats().writes_ahead > 0, "the pause's end lets them go");
+                drop(io);
+                log.close().await.unwrap();
+            };
+            let (flushed, ()) = futures_lite::future::zip(log.flush_until_closed(), body).await;
+            flushed.unwrap();
+        });
     }
 
     #[test]
