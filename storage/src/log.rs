@@ -1849,6 +1849,19 @@ mod tests {
         });
     }
 
+    /// One-page write buffers, so that a few appends fill buffers the
+    /// flusher may write ahead.
+    fn page_buffers_config() -> LogConfig {
+        LogConfig {
+            appender: AppenderConfig {
+                chunk_bytes: ALIGN,
+                pooled_chunks_max: 4,
+                preallocate_bytes: 1 << 20,
+            },
+            ..LogConfig::default()
+        }
+    }
+
     #[test]
     fn truncations_beside_a_flusher_writing_ahead_keep_every_batch_whole() {
         // Before, a truncation that cut the end while the flusher's sync
@@ -1862,14 +1875,7 @@ mod tests {
                 ..SimFaults::default()
             };
             let fs = SimFileSystem::new(9, faults);
-            let config = LogConfig {
-                appender: AppenderConfig {
-                    chunk_bytes: ALIGN,
-                    pooled_chunks_max: 4,
-                    preallocate_bytes: 1 << 20,
-                },
-                ..LogConfig::default()
-            };
+            let config = page_buffers_config();
             let dir = PathBuf::from("/data/t-0");
             let log = Log::open(fs.clone(), dir.clone(), config, BatchCache::new(1 << 20), T0)
                 .await
@@ -1922,14 +1928,7 @@ mod tests {
     #[test]
     fn nothing_goes_ahead_while_appends_are_paused() {
         block_on(async {
-            let config = LogConfig {
-                appender: AppenderConfig {
-                    chunk_bytes: ALIGN,
-                    pooled_chunks_max: 4,
-                    preallocate_bytes: 1 << 20,
-                },
-                ..LogConfig::default()
-            };
+            let config = page_buffers_config();
             let log = Log::open(
                 SimFileSystem::reliable(3),
                 PathBuf::from("/data/t-0"),
