@@ -194,6 +194,14 @@ pub struct Cli {
     #[arg(long = "log.retention.bytes", env = "SLUICE_LOG_RETENTION_BYTES", default_value_t = -1)]
     pub log_retention_bytes: i64,
 
+    /// Keep the file of the newest segment retention or DeleteRecords
+    /// deleted, per partition, and write the partition's next segment into
+    /// it: overwriting written blocks costs the disk about half of writing
+    /// fresh space. A partition then holds up to one segment more than its
+    /// retention. Sluice's own setting.
+    #[arg(long = "log.segment.recycle", env = "SLUICE_LOG_SEGMENT_RECYCLE", default_value_t = true, action = ArgAction::Set)]
+    pub log_segment_recycle: bool,
+
     /// Default `index.interval.bytes`: bytes between sparse index entries.
     #[arg(
         long = "log.index.interval.bytes",
@@ -232,6 +240,8 @@ pub struct TopicDefaults {
     pub index_interval_bytes: i64,
     pub max_message_bytes: i64,
     pub cleanup_policy: String,
+    /// Deleted segments' files are written into again (not a topic config).
+    pub recycle_segments: bool,
 }
 
 /// Validated settings, shared read-only by every shard.
@@ -319,6 +329,7 @@ impl BrokerConfig {
             index_interval_bytes: cli.log_index_interval_bytes,
             max_message_bytes: cli.message_max_bytes,
             cleanup_policy: cli.log_cleanup_policy.clone(),
+            recycle_segments: cli.log_segment_recycle,
         };
         if defaults.num_partitions < 1 {
             bail!("num.partitions must be at least 1");

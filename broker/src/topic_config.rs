@@ -232,6 +232,8 @@ pub struct TopicSettings {
     pub segment_ms: i64,
     pub max_message_bytes: i64,
     pub index_interval_bytes: i64,
+    /// The broker's `log.segment.recycle` (no topic overrides it).
+    pub recycle_segments: bool,
 }
 
 fn value_of<'a>(
@@ -256,6 +258,7 @@ pub fn effective(defaults: &TopicDefaults, overrides: &BTreeMap<String, String>)
         segment_ms: long("segment.ms", defaults.segment_ms),
         max_message_bytes: long("max.message.bytes", defaults.max_message_bytes),
         index_interval_bytes: long("index.interval.bytes", defaults.index_interval_bytes),
+        recycle_segments: defaults.recycle_segments,
     }
 }
 
@@ -266,6 +269,7 @@ pub fn log_config(settings: &TopicSettings) -> LogConfig {
         retention_bytes: settings.retention_bytes,
         retention_ms: settings.retention_ms,
         index_interval_bytes: settings.index_interval_bytes.max(1) as u64,
+        recycle_segments: settings.recycle_segments,
         ..LogConfig::default()
     };
     // Preallocate no more than a segment holds.
@@ -386,6 +390,7 @@ mod tests {
             index_interval_bytes: 4096,
             max_message_bytes: 1_048_588,
             cleanup_policy: "delete".into(),
+            recycle_segments: true,
         }
     }
 
@@ -417,7 +422,12 @@ mod tests {
         let lc = log_config(&s);
         assert_eq!(lc.segment_bytes, 65536);
         assert_eq!(lc.appender.preallocate_bytes, 65536);
+        assert!(lc.recycle_segments);
         lc.validate();
+        // The broker's recycling setting reaches every log.
+        let mut d = defaults();
+        d.recycle_segments = false;
+        assert!(!log_config(&effective(&d, &o)).recycle_segments);
     }
 
     #[test]

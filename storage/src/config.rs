@@ -18,6 +18,10 @@ pub struct LogConfig {
     pub write_buffer_bytes_max: u64,
     /// Durable bytes written between checkpoints; bounds recovery's scan.
     pub checkpoint_interval_bytes: u64,
+    /// Keep the file of the newest segment that retention or the log
+    /// start deleted, and write the next new segment into it: overwriting
+    /// written blocks costs the disk less than writing into fresh space.
+    pub recycle_segments: bool,
     pub appender: AppenderConfig,
 }
 
@@ -34,6 +38,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             write_buffer_bytes_max: 16 << 20,
             checkpoint_interval_bytes: 64 << 20,
+            recycle_segments: true,
             appender: AppenderConfig {
                 chunk_bytes: 256 << 10,
                 pooled_chunks_max: 16,

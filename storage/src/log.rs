@@ -53,8 +53,8 @@ use crate::io::{ALIGN, FileSystem, StorageFile, align_up, clone_io_error, read_f
 use crate::local_sync::{LocalMutex, LocalMutexGuard, LocalNotify};
 use crate::offset::Offset;
 use crate::segment::{
-    FrameCursor, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, Segment, TIME_INDEX_SUFFIX, parse_segment_name, read_tail_page,
-    scan_frames, segment_file,
+    FREE_SUFFIX, FrameCursor, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, Segment, TIME_INDEX_SUFFIX, parse_segment_name,
+    read_tail_page, scan_frames, segment_file,
 };
 use crate::served::{ASSIGNED_HEAD_BYTES, ServedBatch};
 
@@ -154,6 +154,9 @@ struct State<F: StorageFile> {
     /// Stamped into each appended batch's partition leader epoch.
     leader_epoch: i32,
     closed: bool,
+    /// The bound of the deleted segment's file kept for reuse
+    /// (`{bound}.free`): every frame in it holds offsets below the bound.
+    free_file: Option<Offset>,
 }
 
 impl<F: StorageFile> State<F> {
@@ -268,6 +271,17 @@ impl<S: FileSystem> Log<S> {
         }
         let mut bases: Vec<Offset> = names.iter().filter_map(|n| parse_segment_name(n, LOG_SUFFIX)).collect();
         bases.sort();
+        // One file kept for reuse at most: the one of the newest segment.
+        let mut free: Vec<Offset> = names
+            .iter()
+            .filter_map(|n| parse_segment_name(n, FREE_SUFFIX))
+            .collect();
+        free.sort();
+        let free_file = if config.recycle_segments { free.pop() } else { None };
+        for bound in free {
+            let p = segment_file(&dir, bound, FREE_SUFFIX);
+            fs.remove(&p).await.map_err(io_err("remove", &p))?;
+        }
         let checkpoint_path = dir.join(CHECKPOINT_FILE);
         let checkpoint = read_file(&fs, &checkpoint_path)
             .await
@@ -283,7 +297,13 @@ impl<S: FileSystem> Log<S> {
         let mut start_offset = Offset(checkpoint.as_ref().map_or(0, |c| c.log_start_offset));
 
         let mut segments: BTreeMap<Offset, Segment<S::File>> = BTreeMap::new();
-        let mut doomed: Vec<Offset> = Vec::new();
+        // Segments wholly below the checkpointed start (the next one begins
+        // at or below it) are leftovers of retention or DeleteRecords whose
+        // files a crash or a failed checkpoint kept: they go before the
+        // others are checked for gaps. A successor of theirs may be gone
+        // already, and that gap must not cut the live segments after it.
+        let live_from = bases.iter().rposition(|b| *b <= start_offset).unwrap_or(0);
+        let mut doomed: Vec<Offset> = bases.drain(..live_from).collect();
         let mut expected: Option<Offset> = None;
         for &base in &bases {
             if expected.is_some_and(|e| e != base) {
@@ -314,7 +334,7 @@ impl<S: FileSystem> Log<S> {
             remove_segment_files(&fs, &dir, *base).await?;
         }
         if segments.is_empty() {
-            let seg = create_segment(&fs, &dir, start_offset, &config, now_ms).await?;
+            let seg = create_segment(&fs, &dir, start_offset, None, &config, now_ms).await?;
             segments.insert(start_offset, seg);
         }
         let first_base = *segments.keys().next().expect("at least one segment");
@@ -363,6 +383,7 @@ impl<S: FileSystem> Log<S> {
                 flushers: 0,
                 leader_epoch: 0,
                 closed: false,
+                free_file,
             }),
         };
         log.state.borrow().check_invariants();
@@ -918,7 +939,14 @@ impl<S: FileSystem> Log<S> {
             let active = st.active();
             (st.config, st.end_offset, active.file.clone(), active.end)
         };
-        let new_segment = create_segment(&self.fs, &self.dir, new_base, &config, now_ms).await?;
+        // A kept file holds frames below its bound only, so a segment based
+        // at or past the bound never takes one of them for its own (see
+        // `scan_frames`).
+        let free = {
+            let mut st = self.state.borrow_mut();
+            st.free_file.take_if(|bound| *bound <= new_base)
+        };
+        let new_segment = create_segment(&self.fs, &self.dir, new_base, free, &config, now_ms).await?;
         let new_writer = new_writer(&self.fs, &self.dir, &new_segment, &config, 0, 0).await?;
         // Give back the preallocated space past the sealed data.
         if let Err(e) = old_file.truncate(align_up(old_end)).await {
@@ -1261,14 +1289,60 @@ impl<S: FileSystem> Log<S> {
         };
         let new_start = self.start_offset();
         self.cache.remove_below(self.cache_id, new_start);
-        self.checkpoint_locked().await?;
+        if let Err(e) = self.checkpoint_locked().await {
+            // The files stay until a checkpoint stops naming them; kept in
+            // the log, below its start, they go with the next retention.
+            let mut st = self.state.borrow_mut();
+            st.segments.extend(removed.into_iter().map(|s| (s.base, s)));
+            return Err(e);
+        }
+        let recycle = self.config().recycle_segments;
+        let newest = removed.last().map(|s| s.base);
         for seg in removed {
             info!(dir = %self.dir.display(), base = seg.base.0, "deleting segment");
-            let base = seg.base;
+            let (base, bound) = (seg.base, seg.next_offset);
+            // A read in flight still holds the file: a new segment written
+            // into it could hand that read the new bytes for the old.
+            let unread = Rc::strong_count(&seg.file) == 1;
             drop(seg);
+            if recycle && unread && Some(base) == newest {
+                // Not kept, the file is only deleted like the others.
+                if let Err(e) = self.keep_free_file(base, bound).await {
+                    warn!(dir = %self.dir.display(), error = %e, "could not keep a deleted segment's file");
+                }
+            }
             remove_segment_files(&self.fs, &self.dir, base).await?;
         }
+        if !recycle {
+            self.drop_free_file().await?;
+        }
         Ok(())
+    }
+
+    /// Keeps the log file of the deleted segment at `base`, whose frames
+    /// all lie below `bound`, for a later segment to be written into, in
+    /// place of the file kept before. Caller holds both locks.
+    async fn keep_free_file(&self, base: Offset, bound: Offset) -> Result<()> {
+        let from = segment_file(&self.dir, base, LOG_SUFFIX);
+        let to = segment_file(&self.dir, bound, FREE_SUFFIX);
+        self.fs.rename(&from, &to).await.map_err(io_err("rename", &from))?;
+        // (Made durable by the caller's directory sync.)
+        let before = self.state.borrow_mut().free_file.replace(bound);
+        if let Some(old) = before.filter(|old| *old != bound) {
+            let p = segment_file(&self.dir, old, FREE_SUFFIX);
+            self.fs.remove(&p).await.map_err(io_err("remove", &p))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the kept file, if any. Caller holds both locks.
+    async fn drop_free_file(&self) -> Result<()> {
+        let Some(bound) = self.state.borrow_mut().free_file.take() else {
+            return Ok(());
+        };
+        let p = segment_file(&self.dir, bound, FREE_SUFFIX);
+        self.fs.remove(&p).await.map_err(io_err("remove", &p))?;
+        self.fs.sync_dir(&self.dir).await.map_err(io_err("sync dir", &self.dir))
     }
 
     /// Moves the log start forward (DeleteRecords): offsets below it are no
@@ -1400,6 +1474,16 @@ impl<S: FileSystem> Log<S> {
         }
         self.sync_locked().await?;
         self.checkpoint_locked().await?;
+        // Give back the space reserved past the data, and cut a reused
+        // file's old bytes there, which the next open would scan as a torn
+        // frame.
+        let (file, end) = {
+            let st = self.state.borrow();
+            (st.active().file.clone(), st.active().end)
+        };
+        if let Err(e) = file.truncate(align_up(end)).await {
+            warn!(dir = %self.dir.display(), error = %e, "could not trim the active segment");
+        }
         self.state.borrow_mut().closed = true;
         self.pending_notify.notify_all();
         self.durable_notify.notify_all();
@@ -1523,7 +1607,12 @@ async fn recover_segment<S: FileSystem>(
         .await
         .map_err(io_err("scan", &path))?;
     if let Some(defect) = outcome.defect {
-        warn!(path = %path.display(), position = outcome.end, %defect, "log cut at a torn or corrupt frame");
+        warn!(
+            path = %path.display(),
+            position = outcome.end,
+            %defect,
+            "log cut at a torn or corrupt frame (or at the old bytes of a reused file)"
+        );
     }
     Ok(Segment {
         base,
@@ -1560,17 +1649,28 @@ async fn read_index_prefix<S: FileSystem>(
     Ok((prefix.len() == bytes).then_some(prefix))
 }
 
+/// Creates the files of a new segment based at `base`, its log file the
+/// kept file of bound `free` if given (whose old frames, all below the
+/// bound, stay until overwritten), else an empty one.
 async fn create_segment<S: FileSystem>(
     fs: &S,
     dir: &Path,
     base: Offset,
+    free: Option<Offset>,
     config: &LogConfig,
     now_ms: i64,
 ) -> Result<Segment<S::File>> {
     let path = segment_file(dir, base, LOG_SUFFIX);
+    if let Some(bound) = free {
+        debug_assert!(bound <= base);
+        let from = segment_file(dir, bound, FREE_SUFFIX);
+        fs.rename(&from, &path).await.map_err(io_err("rename", &from))?;
+    }
     let file = fs.open(&path, true).await.map_err(io_err("create", &path))?;
-    // A file of that name may survive from before a truncation: start empty.
-    file.truncate(0).await.map_err(io_err("truncate", &path))?;
+    if free.is_none() {
+        // A file of that name may survive from before a truncation: start empty.
+        file.truncate(0).await.map_err(io_err("truncate", &path))?;
+    }
     for suffix in [OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
         let p = segment_file(dir, base, suffix);
         let f = fs.open(&p, true).await.map_err(io_err("create", &p))?;

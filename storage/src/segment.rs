@@ -1,6 +1,8 @@
 //! A segment: one log file of frames, its two index files, and what is known
 //! about it in memory. Files are named by the segment's base offset:
-//! `00000000000000000042.log`, `.index`, `.timeindex`.
+//! `00000000000000000042.log`, `.index`, `.timeindex`. A deleted segment's
+//! log file kept for reuse is named by its bound, the offset its frames all
+//! lie below: `00000000000000000042.free`.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,8 @@ use crate::offset::Offset;
 pub const LOG_SUFFIX: &str = "log";
 pub const OFFSET_INDEX_SUFFIX: &str = "index";
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// A deleted segment's log file, kept to write a later segment into.
+pub const FREE_SUFFIX: &str = "free";
 
 /// Bytes read at a time when scanning a segment.
 pub const SCAN_CHUNK_BYTES: usize = 1 << 20;

@@ -35,6 +35,8 @@ where
 fn config() -> LogConfig {
     let mut c = small_config();
     c.segment_bytes = 256 << 10;
+    // Applied when `enforce_retention` runs: the crash test's child runs it.
+    c.retention_bytes = 1 << 20;
     c
 }
 
@@ -109,7 +111,8 @@ fn concurrent_appenders_share_fdatasyncs() {
 }
 
 /// The child half of the crash test: appends forever from several tasks,
-/// printing each offset once it is durable, until killed.
+/// printing each offset once it is durable, until killed; meanwhile
+/// retention deletes old segments, whose files later segments reuse.
 #[test]
 fn crash_child() {
     let Ok(dir) = std::env::var("SLUICE_CRASH_CHILD_DIR") else {
@@ -137,9 +140,19 @@ fn crash_child() {
                 })
             })
             .collect();
+        let retention = glommio::spawn_local({
+            let log = log.clone();
+            async move {
+                loop {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                    log.enforce_retention(T0).await.unwrap();
+                }
+            }
+        });
         for t in tasks {
             t.await;
         }
+        retention.await;
     });
 }
 
@@ -164,6 +177,8 @@ fn batches_reported_durable_survive_sigkill() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(12);
+    // Whether a kill ever left a deleted segment's file kept for reuse.
+    let mut kept_files_seen = false;
     for round in 0..rounds {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "crash_child", "--nocapture", "--test-threads", "1"])
@@ -204,14 +219,22 @@ fn batches_reported_durable_survive_sigkill() {
         while let Ok((base, key)) = rx.try_recv() {
             durable.insert(base, key);
         }
-        // Reopen: every batch reported durable is there, byte for byte.
+        kept_files_seen |= std::fs::read_dir(&dir)
+            .unwrap()
+            .any(|e| e.unwrap().path().extension().is_some_and(|x| x == "free"));
+        // Reopen: every batch reported durable is there, byte for byte,
+        // unless retention deleted it.
         let dir2 = dir.clone();
         let expected = durable.clone();
         let end = run(move || async move {
             let log = open(&dir2).await;
+            let start = log.start_offset().0;
             let stored: std::collections::HashMap<i64, Bytes> =
                 read_all(&log).await.into_iter().map(|b| (base_of(&b), b)).collect();
-            for (base, key) in &expected {
+            let kept = expected
+                .iter()
+                .filter(|(base, key)| **base + last_delta(&batch_for(**key)) >= start);
+            for (base, key) in kept {
                 let mut want = batch_for(*key).to_vec();
                 sluice_storage::batch::set_base_offset(&mut want, Offset(*base));
                 assert_eq!(
@@ -233,4 +256,5 @@ fn batches_reported_durable_survive_sigkill() {
         // Offsets past the recovered end may be reused by the next round.
         durable.retain(|base, _| *base < end.0);
     }
+    assert!(kept_files_seen, "retention never kept a file to reuse");
 }

@@ -6,6 +6,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use sluice_storage::batch::build_batch;
+use sluice_storage::frame::FRAME_HEADER_BYTES;
 use sluice_storage::io::sim::{SimFaults, SimFileSystem, SimRng};
 use sluice_storage::testing::block_on;
 use sluice_storage::{BatchCache, Log, LogConfig, Offset, ReadLimits, StorageError};
@@ -585,4 +586,123 @@ fn with_min_one_a_read_with_no_budget_returns_the_first_batch() {
             log.close().await.unwrap();
         });
     }
+}
+
+/// The files in the log's directory with extension `ext`, sorted (by base).
+fn files_with(fs: &SimFileSystem, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = fs
+        .file_names()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_new_segment_is_written_into_a_deleted_segments_file_whose_old_frames_never_come_back() {
+    let fs = SimFileSystem::reliable(21);
+    let mut config = small_config();
+    config.retention_bytes = 150 << 10;
+    let log = open(&fs, config, T0);
+    let mut model = Model::default();
+    // Frames of one page each, so that the new segment's data ends where
+    // an old frame, whole and valid, begins (no padding overwrites it).
+    let value_bytes = (3000..4096)
+        .find(|v| FRAME_HEADER_BYTES + build_batch(1, *v, T0).len() == 4096)
+        .unwrap();
+    let append = |log: &Log<SimFileSystem>, model: &mut Model, count: usize| {
+        block_on(async {
+            for _ in 0..count {
+                let b = Bytes::from(build_batch(1, value_bytes, T0));
+                let info = log.append(b.clone(), T0).await.unwrap();
+                model.record(info.base_offset, &b);
+            }
+            log.sync().await.unwrap();
+        })
+    };
+    append(&log, &mut model, 100);
+    assert!(block_on(log.enforce_retention(T0)).unwrap() >= 2);
+    let kept = files_with(&fs, "free");
+    assert_eq!(
+        kept.len(),
+        1,
+        "the newest deleted segment's file is kept, the others go"
+    );
+    let old = fs.contents(&kept[0]).unwrap();
+    // One batch at a time until the active segment rolls.
+    let segments = log.stats().segment_count;
+    while log.stats().segment_count == segments {
+        append(&log, &mut model, 1);
+    }
+    assert!(files_with(&fs, "free").is_empty(), "the kept file was taken");
+    let newest = files_with(&fs, "log").pop().unwrap();
+    let reused = fs.contents(&newest).unwrap();
+    assert!(reused.len() >= old.len(), "a reused file is not cut back");
+    let tail = old.len() - 4096..old.len();
+    assert_eq!(
+        reused[tail.clone()],
+        old[tail.clone()],
+        "past the new data the old bytes remain"
+    );
+    assert!(old[tail].iter().any(|b| *b != 0));
+    model.forget_below(log.start_offset());
+    block_on(assert_matches(&log, &model));
+
+    // Recovery meets the old frames right after the new ones, and stops.
+    let durable = log.durable_offset();
+    drop(log);
+    let crashed = fs.crash();
+    let log = open(&crashed, config, T0);
+    assert_eq!(log.end_offset(), durable);
+    block_on(assert_matches(&log, &model));
+    append(&log, &mut model, 3);
+    block_on(assert_matches(&log, &model));
+
+    // A clean close trims the old bytes, and nothing is lost reopening.
+    block_on(log.close()).unwrap();
+    drop(log);
+    assert!(crashed.contents(&newest).unwrap().len() < old.len());
+    let log = open(&crashed, config, T0);
+    block_on(assert_matches(&log, &model));
+}
+
+#[test]
+fn without_recycling_deleted_segments_files_all_go() {
+    let fs = SimFileSystem::reliable(23);
+    let mut config = small_config();
+    config.retention_bytes = 150 << 10;
+    config.recycle_segments = false;
+    let log = open(&fs, config, T0);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(23);
+    fill(&log, &mut model, &mut rng, 1200, T0);
+    assert!(block_on(log.enforce_retention(T0)).unwrap() > 0);
+    assert!(files_with(&fs, "free").is_empty());
+}
+
+#[test]
+fn a_leftover_segment_below_the_start_does_not_cut_the_segments_after_it() {
+    let fs = SimFileSystem::reliable(22);
+    let mut config = small_config();
+    config.retention_bytes = 150 << 10;
+    config.recycle_segments = false;
+    let log = open(&fs, config, T0);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(22);
+    fill(&log, &mut model, &mut rng, 1200, T0);
+    let oldest = files_with(&fs, "log").remove(0);
+    let oldest_bytes = fs.contents(&oldest).unwrap();
+    assert!(block_on(log.enforce_retention(T0)).unwrap() >= 2);
+    let start = log.start_offset();
+    model.forget_below(start);
+    // The oldest segment's file is back (its deletion, say, failed), while
+    // the segment after it is gone: a gap below the start.
+    block_on(sluice_storage::io::write_file_atomic(&fs, &oldest, &oldest_bytes)).unwrap();
+    drop(log);
+    let crashed = fs.crash();
+    let log = open(&crashed, config, T0);
+    assert_eq!(log.start_offset(), start);
+    block_on(assert_matches(&log, &model));
+    assert!(!crashed.file_names().contains(&oldest), "the leftover is removed");
 }

@@ -143,7 +143,8 @@ proptest! {
 
 /// One run of a workload under injected faults: short writes, EIO on
 /// writes, reads and syncs, ENOSPC bursts, and crashes with torn, garbled
-/// writes. Whatever the faults, a batch whose durability was confirmed is
+/// writes; retention deletes old segments, whose files new segments are
+/// written into (over their old frames). Whatever the faults, a batch whose durability was confirmed is
 /// read back byte-exact after every crash, and nothing else is ever served.
 fn faulty_run(seed: u64) {
     let faults = SimFaults {
@@ -157,7 +158,10 @@ fn faulty_run(seed: u64) {
     };
     let mut rng = SimRng::new(seed ^ 0x5eed);
     let mut fs = SimFileSystem::new(seed, SimFaults::default());
-    let config = small_config();
+    let mut config = small_config();
+    config.retention_bytes = 160 << 10;
+    // Half the seeds write new segments into deleted ones' files.
+    config.recycle_segments = seed.is_multiple_of(2);
     let mut model = Model::default();
     // Offsets below this were confirmed durable.
     let mut confirmed = Offset(0);
@@ -166,7 +170,7 @@ fn faulty_run(seed: u64) {
     for round in 0..12 {
         block_on(async {
             for _ in 0..(20 + rng.below(60)) {
-                match rng.below(10) {
+                match rng.below(12) {
                     0..=6 => {
                         let b = random_batch(&mut rng, T0);
                         match log.append(b.clone(), T0).await {
@@ -178,6 +182,13 @@ fn faulty_run(seed: u64) {
                         Ok(durable) => confirmed = confirmed.max(durable),
                         Err(e) => assert!(e.is_disk_fault(), "seed {seed}: {e}"),
                     },
+                    // The model keeps what retention deletes: reads and
+                    // checks look from the log start.
+                    9 => {
+                        if let Err(e) = log.enforce_retention(T0).await {
+                            assert!(e.is_disk_fault(), "seed {seed}: {e}");
+                        }
+                    }
                     _ => {
                         // Toggle a full disk.
                         let full = rng.below(2) == 0;

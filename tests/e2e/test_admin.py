@@ -597,6 +597,62 @@ def test_low_watermark_survives_graceful_restart(broker):
         c.close()
 
 
+@pytest.mark.broker_args("--log.retention.check.interval.ms=100")
+def test_retention_by_size_deletes_old_segments_and_new_ones_are_written_into_their_files(broker):
+    """Size retention deletes whole old segments and moves the low
+    watermark. The newest deleted segment's file is kept (`.free`) and a
+    later segment is written into it: the same inode comes back as a `.log`.
+    Across a graceful restart and a kill -9 the retained messages read back
+    exactly, with none of the reused file's old ones among them."""
+    a = admin(broker)
+    create(a, NewTopic("rolling", 1, config={"segment.bytes": "65536", "retention.bytes": "196608"}))
+    part_dir = broker.data_dir / "topics" / "rolling-0"
+    p = producer(broker, **{"linger.ms": 5})
+    values = []
+
+    def produce_more(n):
+        batch = [b"%06d:" % (len(values) + i) + bytes(1000) for i in range(n)]
+        first = len(values)
+        values.extend(batch)
+        assert produce_values(p, "rolling", batch) == list(range(first, len(values)))
+
+    def inodes(pattern):
+        found = set()
+        for f in part_dir.glob(pattern):
+            try:
+                found.add(f.stat().st_ino)
+            except FileNotFoundError:
+                pass  # deleted between the listing and the stat
+        return found
+
+    kept = set()
+    deadline = time.time() + 30
+    while not kept and time.time() < deadline:
+        produce_more(50)
+        time.sleep(0.15)
+        kept = inodes("*.free")
+    assert kept, "retention kept no deleted segment's file"
+    deadline = time.time() + 30
+    while not (kept & inodes("*.log")) and time.time() < deadline:
+        produce_more(20)
+        kept |= inodes("*.free")
+    assert kept & inodes("*.log"), "no new segment was written into a kept file"
+
+    tp = TopicPartition("rolling", 0)
+    for kill in (False, True):
+        broker.restart(kill=kill)
+        c = consumer(broker)
+        try:
+            low, high = c.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S, cached=False)
+            assert high == len(values)
+            assert 0 < low and high - low < 400, (low, high)
+            c.assign([TopicPartition("rolling", 0, low)])
+            msgs = consume(c, high - low)
+            assert [(m.offset(), m.value()) for m in msgs] == [(o, values[o]) for o in range(low, high)]
+        finally:
+            c.close()
+
+
 def test_list_offsets_earliest_latest_and_max_timestamp(broker):
     a = admin(broker)
     create(a, NewTopic("timed", 1))

@@ -23,6 +23,7 @@ pub fn small_config() -> LogConfig {
         index_interval_bytes: 512,
         write_buffer_bytes_max: 48 << 10,
         checkpoint_interval_bytes: 24 << 10,
+        recycle_segments: true,
         appender: AppenderConfig {
             chunk_bytes: 8192,
             pooled_chunks_max: 4,
