@@ -53,8 +53,8 @@ use crate::io::{ALIGN, FileSystem, StorageFile, align_up, clone_io_error, read_f
 use crate::local_sync::{LocalMutex, LocalMutexGuard, LocalNotify};
 use crate::offset::Offset;
 use crate::segment::{
-    FREE_SUFFIX, FrameCursor, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, Segment, TIME_INDEX_SUFFIX, parse_segment_name,
-    read_tail_page, scan_frames, segment_file,
+    DELETED_SUFFIX, FREE_SUFFIX, FrameCursor, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, Segment, TIME_INDEX_SUFFIX,
+    parse_segment_name, read_tail_page, scan_frames, segment_file,
 };
 use crate::served::{ASSIGNED_HEAD_BYTES, ServedBatch};
 
@@ -265,7 +265,11 @@ impl<S: FileSystem> Log<S> {
         config.validate();
         fs.create_dir_all(&dir).await.map_err(io_err("create dir", &dir))?;
         let names = fs.list_dir(&dir).await.map_err(io_err("list", &dir))?;
-        for name in names.iter().filter(|n| n.ends_with(".tmp")) {
+        // Unfinished atomic writes, and deleted files not yet unlinked.
+        for name in names
+            .iter()
+            .filter(|n| n.ends_with(".tmp") || n.ends_with(DELETED_SUFFIX))
+        {
             let p = dir.join(name);
             fs.remove(&p).await.map_err(io_err("remove", &p))?;
         }
@@ -1239,6 +1243,14 @@ impl<S: FileSystem> Log<S> {
     /// segments below the log start. The active segment is rolled first when
     /// it alone has expired. Returns the number of segments deleted.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+        let (deleted, unlink) = self.enforce_retention_locked(now_ms).await?;
+        self.unlink(unlink).await;
+        Ok(deleted)
+    }
+
+    /// `enforce_retention` up to the files' unlinking: returns how many
+    /// segments went and the files to unlink.
+    async fn enforce_retention_locked(&self, now_ms: i64) -> Result<(usize, Vec<PathBuf>)> {
         // Not both locks yet: a roll takes the checkpoint lock itself.
         let _guard = self.io_lock.lock().await;
         let active_expired = {
@@ -1271,15 +1283,47 @@ impl<S: FileSystem> Log<S> {
             doomed
         };
         if doomed.is_empty() {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
-        self.drop_segments_locked(&doomed).await?;
-        Ok(doomed.len())
+        let unlink = self.drop_segments_locked(&doomed).await?;
+        Ok((doomed.len(), unlink))
+    }
+
+    /// Unlinks files that `drop_segments_locked` renamed away, holding no
+    /// lock: on a file system that discards freed blocks, unlinking a
+    /// written segment takes long (170 ms for 1 GiB on this project's test
+    /// machine), and the log's syncs must not wait for it. A crash before
+    /// it leaves names that the next open removes.
+    async fn unlink(&self, paths: Vec<PathBuf>) {
+        for p in paths {
+            match self.fs.remove(&p).await {
+                // The log's directory went meanwhile (DeleteTopics).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(path = %p.display(), error = %e, "could not unlink a deleted segment's file"),
+                Ok(()) => {}
+            }
+        }
+    }
+
+    /// Renames `path`, if it exists, to its deleted name, and returns that
+    /// name (to be unlinked once the locks are released).
+    async fn retire(&self, path: PathBuf) -> Result<Option<PathBuf>> {
+        if !self.fs.exists(&path).await {
+            return Ok(None);
+        }
+        let mut to = path.clone().into_os_string();
+        to.push(DELETED_SUFFIX);
+        let to = PathBuf::from(to);
+        self.fs.rename(&path, &to).await.map_err(io_err("rename", &path))?;
+        Ok(Some(to))
     }
 
     /// Removes leading segments: first the checkpoint stops naming them,
-    /// then their files go. Caller holds both locks.
-    async fn drop_segments_locked(&self, doomed: &[Offset]) -> Result<()> {
+    /// then their files are renamed away (the newest one's log file kept
+    /// for reuse), and the names made durable. Returns the renamed files,
+    /// for the caller to unlink once it has released both locks, which it
+    /// holds.
+    async fn drop_segments_locked(&self, doomed: &[Offset]) -> Result<Vec<PathBuf>> {
         let removed: Vec<Segment<S::File>> = {
             let mut st = self.state.borrow_mut();
             let removed: Vec<_> = doomed.iter().filter_map(|b| st.segments.remove(b)).collect();
@@ -1298,6 +1342,7 @@ impl<S: FileSystem> Log<S> {
         }
         let recycle = self.config().recycle_segments;
         let newest = removed.last().map(|s| s.base);
+        let mut unlink = Vec::new();
         for seg in removed {
             info!(dir = %self.dir.display(), base = seg.base.0, "deleting segment");
             let (base, bound) = (seg.base, seg.next_offset);
@@ -1307,48 +1352,57 @@ impl<S: FileSystem> Log<S> {
             drop(seg);
             if recycle && unread && Some(base) == newest {
                 // Not kept, the file is only deleted like the others.
-                if let Err(e) = self.keep_free_file(base, bound).await {
-                    warn!(dir = %self.dir.display(), error = %e, "could not keep a deleted segment's file");
+                match self.keep_free_file(base, bound).await {
+                    Ok(replaced) => unlink.extend(replaced),
+                    Err(e) => warn!(dir = %self.dir.display(), error = %e, "could not keep a deleted segment's file"),
                 }
             }
-            remove_segment_files(&self.fs, &self.dir, base).await?;
+            for suffix in [LOG_SUFFIX, OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                unlink.extend(self.retire(segment_file(&self.dir, base, suffix)).await?);
+            }
         }
-        if !recycle {
-            self.drop_free_file().await?;
+        let unwanted = if recycle {
+            None
+        } else {
+            self.state.borrow_mut().free_file.take()
+        };
+        if let Some(bound) = unwanted {
+            unlink.extend(self.retire(segment_file(&self.dir, bound, FREE_SUFFIX)).await?);
         }
-        Ok(())
+        self.fs
+            .sync_dir(&self.dir)
+            .await
+            .map_err(io_err("sync dir", &self.dir))?;
+        Ok(unlink)
     }
 
     /// Keeps the log file of the deleted segment at `base`, whose frames
     /// all lie below `bound`, for a later segment to be written into, in
-    /// place of the file kept before. Caller holds both locks.
-    async fn keep_free_file(&self, base: Offset, bound: Offset) -> Result<()> {
+    /// place of the file kept before, which it renames away and returns.
+    /// Caller holds both locks, and syncs the directory.
+    async fn keep_free_file(&self, base: Offset, bound: Offset) -> Result<Option<PathBuf>> {
         let from = segment_file(&self.dir, base, LOG_SUFFIX);
         let to = segment_file(&self.dir, bound, FREE_SUFFIX);
         self.fs.rename(&from, &to).await.map_err(io_err("rename", &from))?;
-        // (Made durable by the caller's directory sync.)
         let before = self.state.borrow_mut().free_file.replace(bound);
-        if let Some(old) = before.filter(|old| *old != bound) {
-            let p = segment_file(&self.dir, old, FREE_SUFFIX);
-            self.fs.remove(&p).await.map_err(io_err("remove", &p))?;
+        match before.filter(|old| *old != bound) {
+            Some(old) => self.retire(segment_file(&self.dir, old, FREE_SUFFIX)).await,
+            None => Ok(None),
         }
-        Ok(())
-    }
-
-    /// Deletes the kept file, if any. Caller holds both locks.
-    async fn drop_free_file(&self) -> Result<()> {
-        let Some(bound) = self.state.borrow_mut().free_file.take() else {
-            return Ok(());
-        };
-        let p = segment_file(&self.dir, bound, FREE_SUFFIX);
-        self.fs.remove(&p).await.map_err(io_err("remove", &p))?;
-        self.fs.sync_dir(&self.dir).await.map_err(io_err("sync dir", &self.dir))
     }
 
     /// Moves the log start forward (DeleteRecords): offsets below it are no
     /// longer readable, and whole segments below it are deleted. Durable on
     /// return. `offset` may not pass the end offset.
     pub async fn advance_start(&self, offset: Offset) -> Result<Offset> {
+        let (start, unlink) = self.advance_start_locked(offset).await?;
+        self.unlink(unlink).await;
+        Ok(start)
+    }
+
+    /// `advance_start` up to the files' unlinking: returns the new start
+    /// and the files to unlink.
+    async fn advance_start_locked(&self, offset: Offset) -> Result<(Offset, Vec<PathBuf>)> {
         let _guards = self.lock_all().await;
         {
             let st = self.state.borrow();
@@ -1360,7 +1414,7 @@ impl<S: FileSystem> Log<S> {
                 });
             }
             if offset <= st.start_offset {
-                return Ok(st.start_offset);
+                return Ok((st.start_offset, Vec::new()));
             }
         }
         // The checkpoint may only name a start that recovery will find
@@ -1378,13 +1432,14 @@ impl<S: FileSystem> Log<S> {
                 .map(|s| s.base)
                 .collect()
         };
-        if doomed.is_empty() {
+        let unlink = if doomed.is_empty() {
             self.cache.remove_below(self.cache_id, offset);
             self.checkpoint_locked().await?;
+            Vec::new()
         } else {
-            self.drop_segments_locked(&doomed).await?;
-        }
-        Ok(self.start_offset())
+            self.drop_segments_locked(&doomed).await?
+        };
+        Ok((self.start_offset(), unlink))
     }
 
     /// Drops every batch holding an offset at or past `offset`; the log then

@@ -21,6 +21,9 @@ pub const OFFSET_INDEX_SUFFIX: &str = "index";
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
 /// A deleted segment's log file, kept to write a later segment into.
 pub const FREE_SUFFIX: &str = "free";
+/// Appended to the name of a deleted file until it is unlinked, which
+/// happens outside the log's locks.
+pub const DELETED_SUFFIX: &str = ".deleted";
 
 /// Bytes read at a time when scanning a segment.
 pub const SCAN_CHUNK_BYTES: usize = 1 << 20;

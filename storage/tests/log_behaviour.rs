@@ -220,6 +220,28 @@ fn retention_by_size_deletes_oldest_segments_and_moves_the_start() {
         .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .count();
     assert_eq!(logs, after.segment_count);
+    assert!(
+        fs.file_names().iter().all(|p| !p.to_string_lossy().ends_with(".deleted")),
+        "renamed away, then unlinked before retention returns"
+    );
+}
+
+#[test]
+fn deleted_files_a_crash_kept_from_being_unlinked_are_removed_on_open() {
+    let fs = SimFileSystem::reliable(24);
+    let log = open(&fs, small_config(), T0);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(24);
+    fill(&log, &mut model, &mut rng, 50, T0);
+    // As `enforce_retention` leaves a segment's files between its renames
+    // and its unlinks (outside the log's locks).
+    let stray = dir().join("00000000000000000000.log.deleted");
+    block_on(sluice_storage::io::write_file_atomic(&fs, &stray, b"old")).unwrap();
+    drop(log);
+    let crashed = fs.crash();
+    let log = open(&crashed, small_config(), T0);
+    assert!(!crashed.file_names().contains(&stray));
+    block_on(assert_matches(&log, &model));
 }
 
 #[test]
