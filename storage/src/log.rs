@@ -301,12 +301,18 @@ impl<S: FileSystem> Log<S> {
         let mut start_offset = Offset(checkpoint.as_ref().map_or(0, |c| c.log_start_offset));
 
         let mut segments: BTreeMap<Offset, Segment<S::File>> = BTreeMap::new();
-        // Segments wholly below the checkpointed start (the next one begins
-        // at or below it) are leftovers of retention or DeleteRecords whose
-        // files a crash or a failed checkpoint kept: they go before the
-        // others are checked for gaps. A successor of theirs may be gone
-        // already, and that gap must not cut the live segments after it.
-        let live_from = bases.iter().rposition(|b| *b <= start_offset).unwrap_or(0);
+        // Segments before the first one the checkpoint names are leftovers
+        // of retention or DeleteRecords (a checkpoint stops naming segments
+        // before their files go) that a crash or a failure kept: they go
+        // before the others are checked for gaps. A successor of theirs
+        // may be gone already, and that gap must not cut the live segments
+        // after it. (A stray file among the live ones, a failed roll's, is
+        // left to the gap check, which drops it alone.)
+        let first_named = checkpoint
+            .as_ref()
+            .and_then(|c| c.segments.first())
+            .map(|s| Offset(s.base_offset));
+        let live_from = first_named.map_or(0, |first| bases.partition_point(|b| *b < first));
         let mut doomed: Vec<Offset> = bases.drain(..live_from).collect();
         let mut expected: Option<Offset> = None;
         for &base in &bases {
@@ -950,7 +956,18 @@ impl<S: FileSystem> Log<S> {
             let mut st = self.state.borrow_mut();
             st.free_file.take_if(|bound| *bound <= new_base)
         };
-        let new_segment = create_segment(&self.fs, &self.dir, new_base, free, &config, now_ms).await?;
+        let new_segment = match create_segment(&self.fs, &self.dir, new_base, free, &config, now_ms).await {
+            Ok(segment) => segment,
+            Err(e) => {
+                // Not renamed yet, the kept file stays kept.
+                if let Some(bound) = free
+                    && self.fs.exists(&segment_file(&self.dir, bound, FREE_SUFFIX)).await
+                {
+                    self.state.borrow_mut().free_file = Some(bound);
+                }
+                return Err(e);
+            }
+        };
         let new_writer = new_writer(&self.fs, &self.dir, &new_segment, &config, 0, 0).await?;
         // Give back the preallocated space past the sealed data.
         if let Err(e) = old_file.truncate(align_up(old_end)).await {
@@ -1351,7 +1368,7 @@ impl<S: FileSystem> Log<S> {
             let unread = Rc::strong_count(&seg.file) == 1;
             drop(seg);
             if recycle && unread && Some(base) == newest {
-                // Not kept, the file is only deleted like the others.
+                // If it cannot be kept, the file is deleted like the others.
                 match self.keep_free_file(base, bound).await {
                     Ok(replaced) => unlink.extend(replaced),
                     Err(e) => warn!(dir = %self.dir.display(), error = %e, "could not keep a deleted segment's file"),
@@ -1385,9 +1402,16 @@ impl<S: FileSystem> Log<S> {
         let to = segment_file(&self.dir, bound, FREE_SUFFIX);
         self.fs.rename(&from, &to).await.map_err(io_err("rename", &from))?;
         let before = self.state.borrow_mut().free_file.replace(bound);
-        match before.filter(|old| *old != bound) {
-            Some(old) => self.retire(segment_file(&self.dir, old, FREE_SUFFIX)).await,
-            None => Ok(None),
+        let Some(old) = before.filter(|old| *old != bound) else {
+            return Ok(None);
+        };
+        // Left behind, the older file goes at the next open.
+        match self.retire(segment_file(&self.dir, old, FREE_SUFFIX)).await {
+            Ok(retired) => Ok(retired),
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "could not delete a kept file");
+                Ok(None)
+            }
         }
     }
 
@@ -1458,10 +1482,16 @@ impl<S: FileSystem> Log<S> {
         self.write_share
             .until_ahead(|| self.state.borrow().writer.log.ahead_settled())
             .await;
-        self.truncate_inner(offset).await
+        let (result, unlink) = self.truncate_inner(offset).await?;
+        drop(_paused);
+        drop(_guards);
+        self.unlink(unlink).await;
+        result
     }
 
-    async fn truncate_inner(&self, offset: Offset) -> Result<()> {
+    /// The cut, with both locks held and appends paused. Returns the
+    /// checkpoint's outcome and the files to unlink (whatever that outcome).
+    async fn truncate_inner(&self, offset: Offset) -> Result<(Result<()>, Vec<PathBuf>)> {
         // The segment that keeps the cut: the last one starting below the
         // offset (or the first, which the log always keeps).
         let (keep, doomed, file, path, index, end, opened_ms) = {
@@ -1511,13 +1541,23 @@ impl<S: FileSystem> Log<S> {
         };
         self.durable_notify.notify_all();
         self.cache.remove_from(self.cache_id, cut_offset);
-        self.checkpoint_locked().await?;
+        // The dropped segments' names go before the checkpoint that stops
+        // naming them is written: a later segment whose base is the cut
+        // offset would otherwise continue the kept one at the next open,
+        // and bring back what was truncated.
+        let mut unlink = Vec::new();
         for seg in removed {
             let base = seg.base;
             drop(seg);
-            remove_segment_files(&self.fs, &self.dir, base).await?;
+            for suffix in [LOG_SUFFIX, OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                unlink.extend(self.retire(segment_file(&self.dir, base, suffix)).await?);
+            }
         }
-        Ok(())
+        self.fs
+            .sync_dir(&self.dir)
+            .await
+            .map_err(io_err("sync dir", &self.dir))?;
+        Ok((self.checkpoint_locked().await, unlink))
     }
 
     /// Syncs and checkpoints; further calls fail with `Closed`. Files close

@@ -221,7 +221,9 @@ fn retention_by_size_deletes_oldest_segments_and_moves_the_start() {
         .count();
     assert_eq!(logs, after.segment_count);
     assert!(
-        fs.file_names().iter().all(|p| !p.to_string_lossy().ends_with(".deleted")),
+        fs.file_names()
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with(".deleted")),
         "renamed away, then unlinked before retention returns"
     );
 }
@@ -727,4 +729,33 @@ fn a_leftover_segment_below_the_start_does_not_cut_the_segments_after_it() {
     assert_eq!(log.start_offset(), start);
     block_on(assert_matches(&log, &model));
     assert!(!crashed.file_names().contains(&oldest), "the leftover is removed");
+}
+
+#[test]
+fn a_stray_segment_file_inside_a_live_segment_does_not_cut_the_log_at_open() {
+    // A roll that failed after creating its file leaves a `.log` named by
+    // an offset the kept segment went on to hold; the log start then moves
+    // past that offset.
+    let fs = SimFileSystem::reliable(25);
+    let log = open(&fs, small_config(), T0);
+    let mut model = Model::default();
+    let mut rng = SimRng::new(25);
+    fill(&log, &mut model, &mut rng, 600, T0);
+    let bases: Vec<i64> = files_with(&fs, "log")
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(bases.len() >= 3);
+    let stray = (bases[1] + bases[2]) / 2;
+    let stray_path = dir().join(format!("{stray:020}.log"));
+    block_on(sluice_storage::io::write_file_atomic(&fs, &stray_path, b"")).unwrap();
+    let start = block_on(log.advance_start(Offset(stray + 1))).unwrap();
+    assert_eq!(start, Offset(stray + 1));
+    model.forget_below(start);
+    drop(log);
+    let crashed = fs.crash();
+    let log = open(&crashed, small_config(), T0);
+    assert_eq!(log.start_offset(), start);
+    block_on(assert_matches(&log, &model));
+    assert!(!crashed.file_names().contains(&stray_path), "the stray file is removed");
 }

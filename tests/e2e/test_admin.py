@@ -2,6 +2,8 @@
 confluent-kafka's AdminClient (librdkafka 2.16, newest API versions) and
 kafka-python's KafkaAdminClient (older versions)."""
 
+import fcntl
+import os
 import time
 
 import pytest
@@ -19,6 +21,8 @@ from confluent_kafka.admin import (
 
 REQUEST_TIMEOUT_S = 15
 POLL_DEADLINE_S = 15
+# ioctl reading a file's inode generation (linux/fs.h: _IOR('v', 1, long)).
+FS_IOC_GETVERSION = 0x80087601
 
 
 # ---------------------------------------------------------------- helpers
@@ -601,7 +605,9 @@ def test_low_watermark_survives_graceful_restart(broker):
 def test_retention_by_size_deletes_old_segments_and_new_ones_are_written_into_their_files(broker):
     """Size retention deletes whole old segments and moves the low
     watermark. The newest deleted segment's file is kept (`.free`) and a
-    later segment is written into it: the same inode comes back as a `.log`.
+    later segment is written into it: the same file (inode number and
+    generation, which ext4 changes when it reuses a number) comes back as a
+    `.log`.
     Across a graceful restart and a kill -9 the retained messages read back
     exactly, with none of the reused file's old ones among them."""
     a = admin(broker)
@@ -620,9 +626,11 @@ def test_retention_by_size_deletes_old_segments_and_new_ones_are_written_into_th
         found = set()
         for f in part_dir.glob(pattern):
             try:
-                found.add(f.stat().st_ino)
+                with open(f, "rb") as fh:
+                    generation = fcntl.ioctl(fh.fileno(), FS_IOC_GETVERSION, bytes(8))
+                    found.add((os.fstat(fh.fileno()).st_ino, generation))
             except FileNotFoundError:
-                pass  # deleted between the listing and the stat
+                pass  # deleted between the listing and the open
         return found
 
     kept = set()
