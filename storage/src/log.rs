@@ -203,6 +203,17 @@ impl<F: StorageFile> State<F> {
     }
 }
 
+/// Where a truncation cuts the log, for the checkpoint written before it.
+struct CheckpointCut {
+    /// Base of the segment that keeps the cut.
+    keep: Offset,
+    /// File position of the cut in that segment.
+    position: u64,
+    next_offset: Offset,
+    /// Largest timestamp of the frames below the cut.
+    max_timestamp: i64,
+}
+
 /// The writes and fdatasync of one sealed job; it gives the job back.
 type SyncIo<F> = Pin<Box<dyn Future<Output = (SyncJob<<F as StorageFile>::Buffer>, std::io::Result<()>)>>>;
 
@@ -1020,6 +1031,14 @@ impl<S: FileSystem> Log<S> {
     /// Writes the checkpoint: every segment up to what is durable now.
     /// Caller holds `checkpoint_lock` (and `io_lock` unless it is a background checkpoint).
     async fn checkpoint_locked(&self) -> Result<()> {
+        self.write_checkpoint_locked(None).await
+    }
+
+    /// Writes the checkpoint, or with `cut`, one that names the log as a
+    /// truncation will leave it: no segment after the kept one, and the
+    /// kept one only up to the cut, which holds before the cut is made as
+    /// well as after. Caller holds what `checkpoint_locked` needs.
+    async fn write_checkpoint_locked(&self, cut: Option<&CheckpointCut>) -> Result<()> {
         self.sync_indexes_locked().await?;
         let (checkpoint, covered_bytes) = {
             let st = self.state.borrow();
@@ -1027,8 +1046,23 @@ impl<S: FileSystem> Log<S> {
             let segments = st
                 .segments
                 .values()
+                .filter(|s| cut.is_none_or(|c| s.base <= c.keep))
                 .map(|s| {
-                    if s.base == last {
+                    if let Some(c) = cut.filter(|c| c.keep == s.base) {
+                        // Index entries the files hold that point below the cut.
+                        let offsets = s.index.offset_entries();
+                        let times = s.index.time_entries();
+                        let offset_count = offsets.partition_point(|e| u64::from(e.position) < c.position);
+                        let time_count = times.partition_point(|e| u64::from(e.position) < c.position);
+                        SegmentCheckpoint {
+                            base_offset: s.base.0,
+                            end: c.position,
+                            next_offset: c.next_offset.0,
+                            max_timestamp: c.max_timestamp,
+                            offset_index_entries: (offset_count as u32).min(s.persisted_offset_entries),
+                            time_index_entries: (time_count as u32).min(s.persisted_time_entries),
+                        }
+                    } else if s.base == last {
                         // Only durable frames, and only index entries that
                         // point at them.
                         let end = st.writer.log.durable_end();
@@ -1058,7 +1092,7 @@ impl<S: FileSystem> Log<S> {
                 .collect();
             (
                 Checkpoint {
-                    log_start_offset: st.start_offset.0,
+                    log_start_offset: cut.map_or(st.start_offset, |c| st.start_offset.min(c.next_offset)).0,
                     segments,
                 },
                 st.bytes_since_checkpoint,
@@ -1323,7 +1357,9 @@ impl<S: FileSystem> Log<S> {
     }
 
     /// Renames `path`, if it exists, to its deleted name, and returns that
-    /// name (to be unlinked once the locks are released).
+    /// name (to be unlinked once the locks are released). If the rename
+    /// fails (a full directory, say), unlinks it at once instead: a dropped
+    /// segment's file left under its name could be taken for a live one.
     async fn retire(&self, path: PathBuf) -> Result<Option<PathBuf>> {
         if !self.fs.exists(&path).await {
             return Ok(None);
@@ -1331,8 +1367,14 @@ impl<S: FileSystem> Log<S> {
         let mut to = path.clone().into_os_string();
         to.push(DELETED_SUFFIX);
         let to = PathBuf::from(to);
-        self.fs.rename(&path, &to).await.map_err(io_err("rename", &path))?;
-        Ok(Some(to))
+        match self.fs.rename(&path, &to).await {
+            Ok(()) => Ok(Some(to)),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "could not rename a deleted file away: unlinking it now");
+                self.fs.remove(&path).await.map_err(io_err("remove", &path))?;
+                Ok(None)
+            }
+        }
     }
 
     /// Removes leading segments: first the checkpoint stops naming them,
@@ -1511,6 +1553,17 @@ impl<S: FileSystem> Log<S> {
             )
         };
         let (cut_pos, cut_offset, cut_max_ts) = find_cut(file.as_ref(), &path, end, keep, offset).await?;
+        // Before the file changes, the checkpoint stops vouching for what
+        // follows the cut: recovery trusts a checkpointed segment's bytes
+        // up to its end without reading them, and a crash after the cut
+        // would find zeroes there, or new frames.
+        self.write_checkpoint_locked(Some(&CheckpointCut {
+            keep,
+            position: cut_pos,
+            next_offset: cut_offset,
+            max_timestamp: cut_max_ts,
+        }))
+        .await?;
         let mut index = index;
         index.truncate(cut_pos, cut_max_ts);
         let mut seg = Segment {
@@ -1762,9 +1815,11 @@ async fn create_segment<S: FileSystem>(
         fs.rename(&from, &path).await.map_err(io_err("rename", &from))?;
     }
     let file = fs.open(&path, true).await.map_err(io_err("create", &path))?;
-    if free.is_none() {
-        // A file of that name may survive from before a truncation: start empty.
+    if free.is_none() && file.size().await.map_err(io_err("stat", &path))? > 0 {
+        // A file of that name may survive from before a truncation: start
+        // empty, durably, or a crash could bring its old frames back.
         file.truncate(0).await.map_err(io_err("truncate", &path))?;
+        file.sync_data().await.map_err(io_err("sync", &path))?;
     }
     for suffix in [OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
         let p = segment_file(dir, base, suffix);

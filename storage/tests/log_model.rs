@@ -442,3 +442,87 @@ fn confirmed_batches_survive_concurrent_appenders_faults_and_crashes() {
         "{runs_with_writes_ahead} of 200 runs wrote ahead"
     );
 }
+
+/// A truncation cut short by a crash at a random point (its disk yields at
+/// random, so every await inside it is a possible crash point). Reopened,
+/// the log holds the whole model (the truncation undone) or exactly the
+/// model below the cut, never anything else: no truncated batch comes back
+/// once the truncation returned, no batch below the cut is lost, and every
+/// batch the log claims reads back.
+fn truncation_crash_run(seed: u64) -> bool {
+    let mut rng = SimRng::new(seed ^ 0x7c07);
+    let config = small_config();
+    let fs = SimFileSystem::reliable(seed);
+    let log = open(&fs, config);
+    let mut model = Model::default();
+    block_on(async {
+        for _ in 0..(150 + rng.below(200)) {
+            let b = random_batch(&mut rng, T0);
+            let info = log.append(b.clone(), T0).await.unwrap();
+            model.record(info.base_offset, &b);
+        }
+        log.sync().await.unwrap();
+    });
+    // Cut at a batch's base; half the time the last batch of a segment, so
+    // that the cut and the segment's old end share a page.
+    let bases: Vec<i64> = model.batches.keys().copied().collect();
+    let segment_bases: Vec<i64> = fs
+        .file_names()
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+        .collect();
+    let cut = if rng.below(2) == 0 && segment_bases.len() > 1 {
+        let next = segment_bases[1 + rng.below(segment_bases.len() as u64 - 1) as usize];
+        *bases.iter().rev().find(|b| **b < next).unwrap()
+    } else {
+        bases[rng.below(bases.len() as u64) as usize]
+    };
+    fs.set_faults(SimFaults {
+        yield_ppm: 500_000,
+        yields_max: 4,
+        ..SimFaults::default()
+    });
+    let crash_after_polls = rng.below(200);
+    let finished = block_on(async {
+        let truncate = async {
+            log.truncate_to(Offset(cut)).await.unwrap();
+            true
+        };
+        let crash = async {
+            for _ in 0..crash_after_polls {
+                futures_lite::future::yield_now().await;
+            }
+            false
+        };
+        futures_lite::future::or(truncate, crash).await
+    });
+    drop(log);
+    let fs = fs.crash();
+    fs.set_faults(SimFaults::default());
+    let log = open(&fs, config);
+    let whole_end = model.end();
+    let got = block_on(read_all(&log));
+    let end = log.end_offset();
+    assert!(
+        end == Offset(cut) || (end == whole_end && !finished),
+        "seed {seed}: end {end} after a truncation to {cut} (finished: {finished}) of a log ending at {whole_end}"
+    );
+    model.cut(end);
+    let expected: Vec<&bytes::Bytes> = model.batches.values().collect();
+    assert_eq!(got.len(), expected.len(), "seed {seed}: batch count");
+    for (g, e) in got.iter().zip(expected) {
+        assert_eq!(g, e, "seed {seed}: batch at {} differs", base_of(e));
+    }
+    finished
+}
+
+#[test]
+fn a_truncation_cut_short_by_a_crash_leaves_the_log_whole_or_cut() {
+    let mut finished = 0;
+    for seed in 0..300u64 {
+        finished += u32::from(truncation_crash_run(seed));
+    }
+    // Both outcomes were met: crashes inside the truncation and after it.
+    assert!((30..270).contains(&finished), "{finished} of 300 truncations finished");
+}
