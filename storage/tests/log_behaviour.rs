@@ -196,13 +196,7 @@ fn segments_roll_by_size_and_by_age() {
 
 #[test]
 fn retention_by_size_deletes_oldest_segments_and_moves_the_start() {
-    let fs = SimFileSystem::reliable(7);
-    let mut config = small_config();
-    config.retention_bytes = 150 << 10;
-    let log = open(&fs, config, T0);
-    let mut model = Model::default();
-    let mut rng = SimRng::new(7);
-    fill(&log, &mut model, &mut rng, 1200, T0);
+    let (fs, _, log, mut model) = filled_past_retention(7, true);
     let before = log.stats();
     let deleted = block_on(log.enforce_retention(T0)).unwrap();
     let after = log.stats();
@@ -230,11 +224,7 @@ fn retention_by_size_deletes_oldest_segments_and_moves_the_start() {
 
 #[test]
 fn deleted_files_a_crash_kept_from_being_unlinked_are_removed_on_open() {
-    let fs = SimFileSystem::reliable(24);
-    let log = open(&fs, small_config(), T0);
-    let mut model = Model::default();
-    let mut rng = SimRng::new(24);
-    fill(&log, &mut model, &mut rng, 50, T0);
+    let (fs, log, model, _) = filled(24, small_config(), 50);
     // As `enforce_retention` leaves a segment's files between its renames
     // and its unlinks (outside the log's locks).
     let stray = dir().join("00000000000000000000.log.deleted");
@@ -691,30 +681,60 @@ fn a_new_segment_is_written_into_a_deleted_segments_file_whose_old_frames_never_
     block_on(assert_matches(&log, &model));
 }
 
-#[test]
-fn without_recycling_deleted_segments_files_all_go() {
-    let fs = SimFileSystem::reliable(23);
-    let mut config = small_config();
-    config.retention_bytes = 150 << 10;
-    config.recycle_segments = false;
+/// A log of `config` on a reliable disk holding `count` random batches,
+/// with its model and the generator that made them.
+fn filled(seed: u64, config: LogConfig, count: usize) -> (SimFileSystem, Log<SimFileSystem>, Model, SimRng) {
+    let fs = SimFileSystem::reliable(seed);
     let log = open(&fs, config, T0);
     let mut model = Model::default();
-    let mut rng = SimRng::new(23);
-    fill(&log, &mut model, &mut rng, 1200, T0);
+    let mut rng = SimRng::new(seed);
+    fill(&log, &mut model, &mut rng, count, T0);
+    (fs, log, model, rng)
+}
+
+/// A log of `small_config` with 150 KiB of retention, not yet enforced,
+/// holding 1200 random batches.
+fn filled_past_retention(seed: u64, recycle: bool) -> (SimFileSystem, LogConfig, Log<SimFileSystem>, Model) {
+    let mut config = small_config();
+    config.retention_bytes = 150 << 10;
+    config.recycle_segments = recycle;
+    let (fs, log, model, _) = filled(seed, config, 1200);
+    (fs, config, log, model)
+}
+
+#[test]
+fn with_recycling_off_deleted_segments_files_all_go_and_a_kept_one_too() {
+    let (fs, mut config, log, _) = filled_past_retention(23, false);
     assert!(block_on(log.enforce_retention(T0)).unwrap() > 0);
+    assert!(files_with(&fs, "free").is_empty());
+    // Turned off while a file is kept: the next deletion drops it.
+    config.recycle_segments = true;
+    log.set_config(config);
+    let mut rng = SimRng::new(23);
+    fill(&log, &mut Model::default(), &mut rng, 300, T0);
+    assert!(block_on(log.enforce_retention(T0)).unwrap() > 0);
+    assert_eq!(files_with(&fs, "free").len(), 1);
+    config.recycle_segments = false;
+    log.set_config(config);
+    fill(&log, &mut Model::default(), &mut rng, 300, T0);
+    assert!(block_on(log.enforce_retention(T0)).unwrap() > 0);
+    assert!(files_with(&fs, "free").is_empty());
+    // Off at open: a kept file is deleted.
+    config.recycle_segments = true;
+    log.set_config(config);
+    fill(&log, &mut Model::default(), &mut rng, 300, T0);
+    assert!(block_on(log.enforce_retention(T0)).unwrap() > 0);
+    assert_eq!(files_with(&fs, "free").len(), 1);
+    block_on(log.close()).unwrap();
+    drop(log);
+    config.recycle_segments = false;
+    let _log = open(&fs, config, T0);
     assert!(files_with(&fs, "free").is_empty());
 }
 
 #[test]
 fn a_leftover_segment_below_the_start_does_not_cut_the_segments_after_it() {
-    let fs = SimFileSystem::reliable(22);
-    let mut config = small_config();
-    config.retention_bytes = 150 << 10;
-    config.recycle_segments = false;
-    let log = open(&fs, config, T0);
-    let mut model = Model::default();
-    let mut rng = SimRng::new(22);
-    fill(&log, &mut model, &mut rng, 1200, T0);
+    let (fs, config, log, mut model) = filled_past_retention(22, false);
     let oldest = files_with(&fs, "log").remove(0);
     let oldest_bytes = fs.contents(&oldest).unwrap();
     assert!(block_on(log.enforce_retention(T0)).unwrap() >= 2);
@@ -736,11 +756,7 @@ fn a_stray_segment_file_inside_a_live_segment_does_not_cut_the_log_at_open() {
     // A roll that failed after creating its file leaves a `.log` named by
     // an offset the kept segment went on to hold; the log start then moves
     // past that offset.
-    let fs = SimFileSystem::reliable(25);
-    let log = open(&fs, small_config(), T0);
-    let mut model = Model::default();
-    let mut rng = SimRng::new(25);
-    fill(&log, &mut model, &mut rng, 600, T0);
+    let (fs, log, mut model, _) = filled(25, small_config(), 600);
     let bases: Vec<i64> = files_with(&fs, "log")
         .iter()
         .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
