@@ -39,7 +39,7 @@ use std::rc::Rc;
 use std::task::Poll;
 
 use bytes::Bytes;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::appender::{AheadWrite, Appender, SyncJob, WRITES_IN_FLIGHT_MAX, WriteShare, run_job};
 use crate::batch::BatchHeader;
@@ -200,6 +200,32 @@ impl<F: StorageFile> State<F> {
         }
         assert_eq!(expected, Some(self.end_offset), "active segment does not end the log");
         assert_eq!(self.writer.log.end(), self.active().end);
+    }
+}
+
+/// Closes the log if dropped before `done` is set: a truncation stopped
+/// between cutting the kept segment's files and moving the log's state to
+/// match would leave the log serving from files that no longer hold it.
+struct CutInProgress<'a, S: FileSystem> {
+    log: &'a Log<S>,
+    done: bool,
+}
+
+impl<S: FileSystem> Drop for CutInProgress<'_, S> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        error!(dir = %self.log.dir.display(), "truncation stopped part way: log closed until reopened");
+        self.log.state.borrow_mut().closed = true;
+        for notify in [
+            &self.log.pending_notify,
+            &self.log.durable_notify,
+            &self.log.sealed_notify,
+            &self.log.ahead_notify,
+        ] {
+            notify.notify_all();
+        }
     }
 }
 
@@ -1509,7 +1535,9 @@ impl<S: FileSystem> Log<S> {
     }
 
     /// Drops every batch holding an offset at or past `offset`; the log then
-    /// ends with the last batch wholly below it. Durable on return.
+    /// ends with the last batch wholly below it. Durable on return. Failing
+    /// or dropped part way, it may close the log (see `CutInProgress`); a
+    /// crash part way leaves it whole or cut.
     pub async fn truncate_to(&self, offset: Offset) -> Result<()> {
         let _guards = self.lock_all().await;
         if offset >= self.end_offset() {
@@ -1578,6 +1606,10 @@ impl<S: FileSystem> Log<S> {
             opened_ms,
         };
         let config = self.config();
+        // From here until the state follows the files, an error or a drop
+        // (the caller giving up) closes the log: reopened, it recovers
+        // whole or cut.
+        let mut cutting = CutInProgress { log: self, done: false };
         let writer = activate(&self.fs, &self.dir, &mut seg, &config).await?;
         let removed: Vec<Segment<S::File>> = {
             let mut st = self.state.borrow_mut();
@@ -1592,6 +1624,7 @@ impl<S: FileSystem> Log<S> {
             st.check_invariants();
             removed
         };
+        cutting.done = true;
         self.durable_notify.notify_all();
         self.cache.remove_from(self.cache_id, cut_offset);
         // The dropped segments' names go before the checkpoint that stops

@@ -497,6 +497,34 @@ fn truncation_crash_run(seed: u64) -> bool {
         };
         futures_lite::future::or(truncate, crash).await
     });
+    // Abandoned part way, the truncation leaves the log as it was, or cut,
+    // or closed: never serving what its files no longer hold.
+    fs.set_faults(SimFaults::default());
+    let served = block_on(async {
+        let mut out = Vec::new();
+        let mut next = log.start_offset();
+        loop {
+            match read_bytes(&log, next, everything()).await {
+                Ok(got) if got.is_empty() => return Some(out),
+                Ok(got) => {
+                    let last = got.last().unwrap();
+                    next = Offset(base_of(last) + last_delta(last) + 1);
+                    out.extend(got);
+                }
+                Err(StorageError::Closed) => return None,
+                Err(e) => panic!("seed {seed}: read after an abandoned truncation: {e}"),
+            }
+        }
+    });
+    if let Some(served) = served {
+        let mut cut_model = model.clone();
+        cut_model.cut(Offset(cut));
+        let matches = |m: &Model| served.iter().eq(m.batches.values());
+        assert!(
+            matches(&model) || matches(&cut_model),
+            "seed {seed}: served neither the log nor its cut"
+        );
+    }
     drop(log);
     let fs = fs.crash();
     fs.set_faults(SimFaults::default());
