@@ -381,6 +381,8 @@ impl Shard {
                         Ok(n) => {
                             info!(topic = %p.topic, partition = p.index, segments = n, "retention deleted segments")
                         }
+                        // Closed: the topic is going, or the log stopped for good.
+                        Err(sluice_storage::StorageError::Closed) => {}
                         Err(e) => warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed"),
                     }
                     glommio::yield_if_needed().await;

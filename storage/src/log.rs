@@ -1065,6 +1065,9 @@ impl<S: FileSystem> Log<S> {
     /// kept one only up to the cut, which holds before the cut is made as
     /// well as after. Caller holds what `checkpoint_locked` needs.
     async fn write_checkpoint_locked(&self, cut: Option<&CheckpointCut>) -> Result<()> {
+        // A closed log's state may no longer match its files (a truncation
+        // stopped part way): it must not be written down.
+        self.fail_if_closed()?;
         self.sync_indexes_locked().await?;
         let (checkpoint, covered_bytes) = {
             let st = self.state.borrow();
@@ -1330,6 +1333,7 @@ impl<S: FileSystem> Log<S> {
     async fn enforce_retention_locked(&self, now_ms: i64) -> Result<(usize, Vec<PathBuf>)> {
         // Not both locks yet: a roll takes the checkpoint lock itself.
         let _guard = self.io_lock.lock().await;
+        self.fail_if_closed()?;
         let active_expired = {
             let st = self.state.borrow();
             let active = st.active();
@@ -1364,6 +1368,13 @@ impl<S: FileSystem> Log<S> {
         }
         let unlink = self.drop_segments_locked(&doomed).await?;
         Ok((doomed.len(), unlink))
+    }
+
+    fn fail_if_closed(&self) -> Result<()> {
+        if self.state.borrow().closed {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
     }
 
     /// Unlinks files that `drop_segments_locked` renamed away, holding no
@@ -1496,6 +1507,7 @@ impl<S: FileSystem> Log<S> {
     /// and the files to unlink.
     async fn advance_start_locked(&self, offset: Offset) -> Result<(Offset, Vec<PathBuf>)> {
         let _guards = self.lock_all().await;
+        self.fail_if_closed()?;
         {
             let st = self.state.borrow();
             if offset > st.end_offset || offset < Offset::ZERO {

@@ -516,14 +516,27 @@ fn truncation_crash_run(seed: u64) -> bool {
             }
         }
     });
-    if let Some(served) = served {
-        let mut cut_model = model.clone();
-        cut_model.cut(Offset(cut));
-        let matches = |m: &Model| served.iter().eq(m.batches.values());
-        assert!(
-            matches(&model) || matches(&cut_model),
-            "seed {seed}: served neither the log nor its cut"
-        );
+    match served {
+        Some(served) => {
+            let mut cut_model = model.clone();
+            cut_model.cut(Offset(cut));
+            let matches = |m: &Model| served.iter().eq(m.batches.values());
+            assert!(
+                matches(&cut_model) || (!finished && matches(&model)),
+                "seed {seed}: served neither the log nor its cut (finished: {finished})"
+            );
+        }
+        None => {
+            // Closed, the log writes nothing more: not a checkpoint of the
+            // state it had before the cut either.
+            let start = log.start_offset();
+            for result in [
+                block_on(log.advance_start(start.plus(1))).map(|_| ()),
+                block_on(log.enforce_retention(T0)).map(|_| ()),
+            ] {
+                assert!(matches!(result, Err(StorageError::Closed)), "seed {seed}: {result:?}");
+            }
+        }
     }
     drop(log);
     let fs = fs.crash();
