@@ -53,8 +53,8 @@ use crate::io::{ALIGN, FileSystem, StorageFile, align_up, clone_io_error, read_f
 use crate::local_sync::{LocalMutex, LocalMutexGuard, LocalNotify};
 use crate::offset::Offset;
 use crate::segment::{
-    DELETED_SUFFIX, FREE_SUFFIX, FrameCursor, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, Segment, TIME_INDEX_SUFFIX,
-    parse_segment_name, read_tail_page, scan_frames, segment_file,
+    DELETED_SUFFIX, FREE_SUFFIX, FrameCursor, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, SEGMENT_SUFFIXES, Segment,
+    TIME_INDEX_SUFFIX, parse_segment_name, read_tail_page, scan_frames, segment_file,
 };
 use crate::served::{ASSIGNED_HEAD_BYTES, ServedBatch};
 
@@ -217,15 +217,7 @@ impl<S: FileSystem> Drop for CutInProgress<'_, S> {
             return;
         }
         error!(dir = %self.log.dir.display(), "truncation stopped part way: log closed until reopened");
-        self.log.state.borrow_mut().closed = true;
-        for notify in [
-            &self.log.pending_notify,
-            &self.log.durable_notify,
-            &self.log.sealed_notify,
-            &self.log.ahead_notify,
-        ] {
-            notify.notify_all();
-        }
+        self.log.mark_closed();
     }
 }
 
@@ -1076,47 +1068,16 @@ impl<S: FileSystem> Log<S> {
                 .segments
                 .values()
                 .filter(|s| cut.is_none_or(|c| s.base <= c.keep))
-                .map(|s| {
-                    if let Some(c) = cut.filter(|c| c.keep == s.base) {
-                        // Index entries the files hold that point below the cut.
-                        let offsets = s.index.offset_entries();
-                        let times = s.index.time_entries();
-                        let offset_count = offsets.partition_point(|e| u64::from(e.position) < c.position);
-                        let time_count = times.partition_point(|e| u64::from(e.position) < c.position);
-                        SegmentCheckpoint {
-                            base_offset: s.base.0,
-                            end: c.position,
-                            next_offset: c.next_offset.0,
-                            max_timestamp: c.max_timestamp,
-                            offset_index_entries: (offset_count as u32).min(s.persisted_offset_entries),
-                            time_index_entries: (time_count as u32).min(s.persisted_time_entries),
-                        }
-                    } else if s.base == last {
-                        // Only durable frames, and only index entries that
-                        // point at them.
-                        let end = st.writer.log.durable_end();
-                        let offsets = s.index.offset_entries();
-                        let times = s.index.time_entries();
-                        let offset_count = offsets.partition_point(|e| u64::from(e.position) < end);
-                        let time_count = times.partition_point(|e| u64::from(e.position) < end);
-                        SegmentCheckpoint {
-                            base_offset: s.base.0,
-                            end,
-                            next_offset: st.durable_offset.0,
-                            max_timestamp: st.durable_max_timestamp,
-                            offset_index_entries: (offset_count as u32).min(s.persisted_offset_entries),
-                            time_index_entries: (time_count as u32).min(s.persisted_time_entries),
-                        }
-                    } else {
-                        SegmentCheckpoint {
-                            base_offset: s.base.0,
-                            end: s.end,
-                            next_offset: s.next_offset.0,
-                            max_timestamp: s.max_timestamp(),
-                            offset_index_entries: s.persisted_offset_entries,
-                            time_index_entries: s.persisted_time_entries,
-                        }
-                    }
+                .map(|s| match cut.filter(|c| c.keep == s.base) {
+                    Some(c) => segment_checkpoint(s, c.position, c.next_offset, c.max_timestamp),
+                    // Only durable frames.
+                    None if s.base == last => segment_checkpoint(
+                        s,
+                        st.writer.log.durable_end(),
+                        st.durable_offset,
+                        st.durable_max_timestamp,
+                    ),
+                    None => segment_checkpoint(s, s.end, s.next_offset, s.max_timestamp()),
                 })
                 .collect();
             (
@@ -1371,10 +1332,34 @@ impl<S: FileSystem> Log<S> {
     }
 
     fn fail_if_closed(&self) -> Result<()> {
-        if self.state.borrow().closed {
+        if self.is_closed() {
             return Err(StorageError::Closed);
         }
         Ok(())
+    }
+
+    /// Closes the log: every later call fails with `Closed`, and every task
+    /// waiting on it (appenders, durable waits, the flusher) wakes to see it.
+    fn mark_closed(&self) {
+        self.state.borrow_mut().closed = true;
+        for notify in [
+            &self.pending_notify,
+            &self.durable_notify,
+            &self.sealed_notify,
+            &self.ahead_notify,
+        ] {
+            notify.notify_all();
+        }
+    }
+
+    /// Renames away the files of the dropped segment at `base`, returning
+    /// them for `unlink`. Caller holds both locks, and syncs the directory.
+    async fn retire_segment_files(&self, base: Offset) -> Result<Vec<PathBuf>> {
+        let mut retired = Vec::new();
+        for suffix in SEGMENT_SUFFIXES {
+            retired.extend(self.retire(segment_file(&self.dir, base, suffix)).await?);
+        }
+        Ok(retired)
     }
 
     /// Unlinks files that `drop_segments_locked` renamed away, holding no
@@ -1453,9 +1438,7 @@ impl<S: FileSystem> Log<S> {
                     Err(e) => warn!(dir = %self.dir.display(), error = %e, "could not keep a deleted segment's file"),
                 }
             }
-            for suffix in [LOG_SUFFIX, OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-                unlink.extend(self.retire(segment_file(&self.dir, base, suffix)).await?);
-            }
+            unlink.extend(self.retire_segment_files(base).await?);
         }
         let unwanted = if recycle {
             None
@@ -1647,9 +1630,7 @@ impl<S: FileSystem> Log<S> {
         for seg in removed {
             let base = seg.base;
             drop(seg);
-            for suffix in [LOG_SUFFIX, OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-                unlink.extend(self.retire(segment_file(&self.dir, base, suffix)).await?);
-            }
+            unlink.extend(self.retire_segment_files(base).await?);
         }
         self.fs
             .sync_dir(&self.dir)
@@ -1677,18 +1658,14 @@ impl<S: FileSystem> Log<S> {
         if let Err(e) = file.truncate(align_up(end)).await {
             warn!(dir = %self.dir.display(), error = %e, "could not trim the active segment");
         }
-        self.state.borrow_mut().closed = true;
-        self.pending_notify.notify_all();
-        self.durable_notify.notify_all();
+        self.mark_closed();
         Ok(())
     }
 
     /// Closes the log and deletes its directory (DeleteTopics).
     pub async fn remove(&self) -> Result<()> {
         let _guards = self.lock_all().await;
-        self.state.borrow_mut().closed = true;
-        self.pending_notify.notify_all();
-        self.durable_notify.notify_all();
+        self.mark_closed();
         self.cache.remove_from(self.cache_id, Offset(i64::MIN));
         self.fs
             .remove_dir_all(&self.dir)
@@ -1840,6 +1817,32 @@ async fn read_index_prefix<S: FileSystem>(
     let _ = file.close().await;
     let prefix = read.map_err(io_err("read index", &path))?;
     Ok((prefix.len() == bytes).then_some(prefix))
+}
+
+/// What a checkpoint says of `seg` up to file position `end`: the index
+/// entries the files hold that point below it.
+fn segment_checkpoint<F: StorageFile>(
+    seg: &Segment<F>,
+    end: u64,
+    next_offset: Offset,
+    max_timestamp: i64,
+) -> SegmentCheckpoint {
+    let offsets = seg
+        .index
+        .offset_entries()
+        .partition_point(|e| u64::from(e.position) < end) as u32;
+    let times = seg
+        .index
+        .time_entries()
+        .partition_point(|e| u64::from(e.position) < end) as u32;
+    SegmentCheckpoint {
+        base_offset: seg.base.0,
+        end,
+        next_offset: next_offset.0,
+        max_timestamp,
+        offset_index_entries: offsets.min(seg.persisted_offset_entries),
+        time_index_entries: times.min(seg.persisted_time_entries),
+    }
 }
 
 /// Creates the files of a new segment based at `base`, its log file the
@@ -2052,7 +2055,7 @@ async fn close_writer<F: StorageFile>(writer: ActiveWriter<F>) {
 }
 
 async fn remove_segment_files<S: FileSystem>(fs: &S, dir: &Path, base: Offset) -> Result<()> {
-    for suffix in [LOG_SUFFIX, OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+    for suffix in SEGMENT_SUFFIXES {
         let p = segment_file(dir, base, suffix);
         if fs.exists(&p).await {
             fs.remove(&p).await.map_err(io_err("remove", &p))?;

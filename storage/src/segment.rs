@@ -19,6 +19,8 @@ use crate::offset::Offset;
 pub const LOG_SUFFIX: &str = "log";
 pub const OFFSET_INDEX_SUFFIX: &str = "index";
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// The files of one segment.
+pub const SEGMENT_SUFFIXES: [&str; 3] = [LOG_SUFFIX, OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX];
 /// A deleted segment's log file, kept to write a later segment into.
 pub const FREE_SUFFIX: &str = "free";
 /// Appended to the name of a deleted file until it is unlinked, which

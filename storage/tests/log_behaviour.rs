@@ -602,17 +602,6 @@ fn with_min_one_a_read_with_no_budget_returns_the_first_batch() {
     }
 }
 
-/// The files in the log's directory with extension `ext`, sorted (by base).
-fn files_with(fs: &SimFileSystem, ext: &str) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = fs
-        .file_names()
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == ext))
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn a_new_segment_is_written_into_a_deleted_segments_file_whose_old_frames_never_come_back() {
     let fs = SimFileSystem::reliable(21);
@@ -757,10 +746,7 @@ fn a_stray_segment_file_inside_a_live_segment_does_not_cut_the_log_at_open() {
     // an offset the kept segment went on to hold; the log start then moves
     // past that offset.
     let (fs, log, mut model, _) = filled(25, small_config(), 600);
-    let bases: Vec<i64> = files_with(&fs, "log")
-        .iter()
-        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
-        .collect();
+    let bases = segment_bases(&fs);
     assert!(bases.len() >= 3);
     let stray = (bases[1] + bases[2]) / 2;
     let stray_path = dir().join(format!("{stray:020}.log"));

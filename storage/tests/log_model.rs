@@ -466,12 +466,7 @@ fn truncation_crash_run(seed: u64) -> bool {
     // Cut at a batch's base; half the time the last batch of a segment, so
     // that the cut and the segment's old end share a page.
     let bases: Vec<i64> = model.batches.keys().copied().collect();
-    let segment_bases: Vec<i64> = fs
-        .file_names()
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
-        .collect();
+    let segment_bases = segment_bases(&fs);
     let cut = if rng.below(2) == 0 && segment_bases.len() > 1 {
         let next = segment_bases[1 + rng.below(segment_bases.len() as u64 - 1) as usize];
         *bases.iter().rev().find(|b| **b < next).unwrap()

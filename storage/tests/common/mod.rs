@@ -9,7 +9,7 @@ use bytes::Bytes;
 use sluice_storage::appender::AppenderConfig;
 use sluice_storage::batch::{build_batch, set_base_offset};
 use sluice_storage::io::FileSystem;
-use sluice_storage::io::sim::SimRng;
+use sluice_storage::io::sim::{SimFileSystem, SimRng};
 use sluice_storage::{Log, LogConfig, Offset, ReadLimits};
 
 /// A log config with tiny sizes, so a few hundred batches exercise rolls,
@@ -106,6 +106,26 @@ pub fn everything() -> ReadLimits {
         upper: Offset(i64::MAX),
         min_one: true,
     }
+}
+
+/// The files on the simulated disk with extension `ext`, sorted (so by
+/// base offset or bound).
+pub fn files_with(fs: &SimFileSystem, ext: &str) -> Vec<PathBuf> {
+    let mut files: Vec<_> = fs
+        .file_names()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The base offsets of the segment files on the simulated disk, in order.
+pub fn segment_bases(fs: &SimFileSystem) -> Vec<i64> {
+    files_with(fs, "log")
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+        .collect()
 }
 
 /// `Log::read` with each batch as one buffer, as it would go on the wire.
