@@ -8,7 +8,6 @@ mod error;
 mod faults;
 mod group;
 mod handlers;
-mod io_workers;
 mod kvlog;
 mod metadata;
 mod partition;

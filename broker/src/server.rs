@@ -23,6 +23,7 @@ use glommio::net::TcpListener;
 use glommio::sync::Gate;
 use glommio::{LocalExecutorBuilder, Placement};
 use signal_hook::consts::{SIGINT, SIGTERM};
+use sluice_storage::io::workers::BOUNDED_WORKERS_PER_SHARD;
 use sluice_storage::local_sync::LocalNotify;
 use tracing::{debug, error, info, warn};
 
@@ -37,10 +38,6 @@ use crate::watchdog::{self, Watchdog};
 /// glommio's registered DMA memory per shard: sized for a few partitions'
 /// write buffers in flight; beyond it buffers come from the heap.
 const IO_MEMORY_BYTES: usize = 64 << 20;
-/// io-wq workers a shard may have running blocking file work (its
-/// partitions' fdatasyncs and writes into new space) at once; the kernel's
-/// default for a glommio thread is 2. See `io_workers`.
-const IO_WORKERS_PER_SHARD: u32 = 32;
 /// How long shards have to join the mesh at start.
 const MESH_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a shard waits at start for the others to open their logs.
@@ -120,14 +117,14 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
                 // io worker it gets is placed. The kernel may clamp the
                 // worker limit (to RLIMIT_NPROC): what it took is logged.
                 // Kernels before 5.15 lack the call and keep their default.
-                match crate::io_workers::set_bounded_max_for_current_thread(IO_WORKERS_PER_SHARD) {
+                match sluice_storage::io::workers::set_bounded_max_for_current_thread(BOUNDED_WORKERS_PER_SHARD) {
                     Ok((was, now)) => debug!(shard = index, was, now, "io worker limit"),
                     Err(e) => {
                         warn!(shard = index, error = %e, "cannot raise the io worker limit; fdatasyncs may queue")
                     }
                 }
                 if let Some(cpus) = &config.io_cpus {
-                    crate::io_workers::set_for_current_thread(cpus)
+                    sluice_storage::io::workers::set_for_current_thread(cpus)
                         .with_context(|| format!("placing shard {index}'s io workers on CPUs {cpus:?}"))?;
                 }
                 let result = shard_main(config, mesh, initial, stop_rx).await;

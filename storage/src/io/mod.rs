@@ -14,6 +14,7 @@
 
 pub mod dma;
 pub mod sim;
+pub mod workers;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -27,9 +27,17 @@
 //! ran two at a time, each waiting for the ones queued before it. At
 //! 700 MB/s of acks=all produce on one shard, 32 workers against 2 cut the
 //! produce p50 from 4.0-7.8 ms to 1.7-3.6 ms (docs/PERFORMANCE.md).
+//!
+//! The broker's shards and `sluice-bench limits` (which measures the disk
+//! the way a shard's partitions meet it) both raise it.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
+
+/// io-wq workers a shard may have running blocking file work (its
+/// partitions' fdatasyncs and writes into new space) at once; the kernel's
+/// default for a glommio thread is 2.
+pub const BOUNDED_WORKERS_PER_SHARD: u32 = 32;
 
 /// `IORING_REGISTER_IOWQ_AFF` from `<linux/io_uring.h>`.
 const IORING_REGISTER_IOWQ_AFF: libc::c_uint = 17;
