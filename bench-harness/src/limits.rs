@@ -4,9 +4,14 @@
 //! - loopback TCP throughput between two glommio executors, the receiver
 //!   on the broker's CPU and the sender on the harness's;
 //! - sequential O_DIRECT write bandwidth of the data directory's disk, and
-//!   write+fdatasync latency there (the raw measurements of `storage`).
+//!   write+fdatasync latency there (the raw measurements of `storage`);
+//! - the same disk's write bandwidth as a shard's partitions meet it under
+//!   acks=all: several files written at once, each in cycles of writes then
+//!   an fdatasync. Not part of the ceiling; it says how much of the gap
+//!   between a broker and the ceiling is the disk's own.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -18,11 +23,14 @@ use serde::{Deserialize, Serialize};
 use sluice_storage::LogConfig;
 use sluice_storage::appender::WRITES_IN_FLIGHT_MAX;
 use sluice_storage::io::dma::DmaFileSystem;
+use sluice_storage::io::workers::{BOUNDED_WORKERS_PER_SHARD, set_bounded_max_for_current_thread};
+use sluice_storage::io::{FileSystem, IoBuffer, StorageFile, write_all_at};
+use sluice_storage::local_sync::join_bounded;
 
 use crate::cpuset;
 use crate::latency::{LatencyRecorder, LatencyReport};
 use crate::load::run_on_executor;
-use crate::storage_bench::{IO_MEMORY_BYTES, median, raw_sync_latency, raw_write_bandwidth};
+use crate::storage_bench::{IO_MEMORY_BYTES, Scratch, median, raw_sync_latency, raw_write_bandwidth};
 
 /// Bytes per write on the sending side: large, as a batching producer's.
 const TCP_WRITE_BYTES: usize = 1 << 20;
@@ -54,6 +62,13 @@ pub struct LimitsArgs {
     /// append writes.
     #[arg(long, default_value_t = 4096)]
     sync_write_bytes: usize,
+    /// Files written at once by the partition-shaped disk measurement: the
+    /// partitions a shard syncs (the benchmark suite's 16).
+    #[arg(long, default_value_t = 16)]
+    files: usize,
+    /// Bytes each of those files writes between two of its fdatasyncs.
+    #[arg(long, default_value_t = 1 << 20)]
+    file_sync_bytes: usize,
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -75,6 +90,12 @@ pub struct LimitsReport {
     /// write of `disk_sync_write_bytes` then fdatasync, one at a time.
     pub disk_sync_write_bytes: usize,
     pub disk_sync_latency_us: LatencyReport,
+    /// `disk_files` files written at once, each in cycles of
+    /// `disk_file_sync_bytes` (writes as above) then an fdatasync.
+    pub disk_files: usize,
+    pub disk_file_sync_bytes: usize,
+    pub disk_files_write_mb_s: f64,
+    pub disk_files_write_rounds_mb_s: Vec<f64>,
     /// min(loopback TCP, disk write): what a broker could at best sustain.
     pub ceiling_mb_s: f64,
 }
@@ -87,9 +108,13 @@ pub fn run(args: LimitsArgs) -> anyhow::Result<LimitsReport> {
     let write_bytes = LogConfig::default().appender.chunk_bytes;
     let mut tcp_rounds = Vec::new();
     let mut disk_rounds = Vec::new();
+    let mut files_rounds = Vec::new();
     let mut sync = LatencyRecorder::new();
+    let (files, file_sync_bytes) = (args.files.max(1), args.file_sync_bytes.max(write_bytes));
     for round in 1..=rounds {
-        eprintln!("limits, round {round}/{rounds}: loopback TCP, disk bandwidth, write+fdatasync latency...");
+        eprintln!(
+            "limits, round {round}/{rounds}: loopback TCP, disk bandwidth, write+fdatasync latency, {files} files with syncs..."
+        );
         tcp_rounds.push(loopback_tcp(&cpus, tcp_duration)?);
         let (dir, disk_bytes, samples) = (
             args.data_dir.clone(),
@@ -97,20 +122,28 @@ pub fn run(args: LimitsArgs) -> anyhow::Result<LimitsReport> {
             args.sync_samples.div_ceil(rounds as u64),
         );
         let sync_write_bytes = args.sync_write_bytes;
-        let (bandwidth, recorder) = LocalExecutorBuilder::new(cpuset::placement(&cpus, 0))
+        let (bandwidth, recorder, files_bandwidth) = LocalExecutorBuilder::new(cpuset::placement(&cpus, 0))
             .name("sluice-bench-limits-disk")
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || async move {
+                // As a broker's shard does, so that the files' fdatasyncs
+                // do not queue behind the kernel's default of two workers.
+                if let Err(e) = set_bounded_max_for_current_thread(BOUNDED_WORKERS_PER_SHARD) {
+                    eprintln!("cannot raise the io worker limit ({e}); fdatasyncs may queue");
+                }
                 let fs = DmaFileSystem::new();
                 let bandwidth = raw_write_bandwidth(&fs, &dir, write_bytes, disk_bytes).await?;
                 let mut recorder = LatencyRecorder::new();
                 raw_sync_latency(&fs, &dir, sync_write_bytes, samples, &mut recorder).await?;
-                anyhow::Ok((bandwidth, recorder.histogram().clone()))
+                let files_bandwidth =
+                    synced_files_bandwidth(&fs, &dir, files, write_bytes, file_sync_bytes, disk_bytes).await?;
+                anyhow::Ok((bandwidth, recorder.histogram().clone(), files_bandwidth))
             })
             .map_err(|e| anyhow!("starting the disk executor: {e}"))?
             .join()
             .map_err(|e| anyhow!("disk executor failed: {e:?}"))??;
         disk_rounds.push(bandwidth);
+        files_rounds.push(files_bandwidth);
         sync.merge(&recorder);
     }
     let (tcp, disk) = (median(&tcp_rounds), median(&disk_rounds));
@@ -126,6 +159,10 @@ pub fn run(args: LimitsArgs) -> anyhow::Result<LimitsReport> {
         disk_writes_in_flight: WRITES_IN_FLIGHT_MAX,
         disk_sync_write_bytes: args.sync_write_bytes,
         disk_sync_latency_us: LatencyReport::of(sync.histogram()),
+        disk_files: files,
+        disk_file_sync_bytes: file_sync_bytes,
+        disk_files_write_mb_s: median(&files_rounds),
+        disk_files_write_rounds_mb_s: files_rounds,
         ceiling_mb_s: tcp.min(disk),
     };
     print_report(&report);
@@ -160,9 +197,74 @@ fn print_report(r: &LimitsReport) {
         r.disk_sync_latency_us.summary.line()
     );
     println!(
-        "  ceiling               {:>8.0} MB/s  (the lower of the two)",
+        "  {:>2} files with syncs   {:>8.0} MB/s  (rounds {}; each {} KiB of writes then fdatasync, all at once)",
+        r.disk_files,
+        r.disk_files_write_mb_s,
+        rounds(&r.disk_files_write_rounds_mb_s),
+        r.disk_file_sync_bytes >> 10
+    );
+    println!(
+        "  ceiling               {:>8.0} MB/s  (the lower of loopback TCP and disk write)",
         r.ceiling_mb_s
     );
+}
+
+/// MB/s of `files` files written at once into fresh preallocated space,
+/// `total` bytes in all, each in cycles of `cycle_bytes` (writes of
+/// `write_bytes`, up to the log's writes in flight per file) then an
+/// fdatasync: how a shard's partitions meet the disk under acks=all, each
+/// partition's flusher writing and syncing its own file, with no broker.
+async fn synced_files_bandwidth(
+    fs: &DmaFileSystem,
+    dir: &Path,
+    files: usize,
+    write_bytes: usize,
+    cycle_bytes: usize,
+    total: u64,
+) -> anyhow::Result<f64> {
+    let writes_per_cycle = cycle_bytes.div_ceil(write_bytes) as u64;
+    let cycle_bytes = writes_per_cycle * write_bytes as u64;
+    let cycles = (total / files as u64 / cycle_bytes).max(1);
+    let mut opened = Vec::with_capacity(files);
+    for i in 0..files {
+        let path = dir.join(format!("synced-files-{i}.dat"));
+        let scratch = Scratch(path.clone());
+        let file = fs.open(&path, true).await?;
+        file.allocate(cycles * cycle_bytes).await?;
+        opened.push((file, scratch));
+    }
+    let mut buf = opened[0].0.alloc_buffer(write_bytes);
+    buf.as_mut_slice().fill(0x5a);
+    let buf = Rc::new(buf);
+    let started = Instant::now();
+    let streams: Vec<_> = opened
+        .iter()
+        .map(|(file, _)| {
+            let buf = &buf;
+            async move {
+                for cycle in 0..cycles {
+                    let first = cycle * writes_per_cycle;
+                    let writes: Vec<_> = (first..first + writes_per_cycle)
+                        .map(|w| write_all_at(file, buf, w * write_bytes as u64))
+                        .collect();
+                    for r in join_bounded(writes, WRITES_IN_FLIGHT_MAX).await {
+                        r?;
+                    }
+                    file.sync_data().await?;
+                }
+                std::io::Result::Ok(())
+            }
+        })
+        .collect();
+    for r in join_bounded(streams, files).await {
+        r?;
+    }
+    let elapsed = started.elapsed();
+    for (file, scratch) in opened {
+        file.close().await?;
+        drop(scratch);
+    }
+    Ok((files as u64 * cycles * cycle_bytes) as f64 / elapsed.as_secs_f64() / 1e6)
 }
 
 /// MB/s through one loopback connection: a receiver on the first CPU, a

@@ -212,7 +212,7 @@ fn print_report(r: &StorageReport) {
 }
 
 /// A scratch file that is removed however the measurement ends.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {

@@ -66,3 +66,23 @@ def test_bench_produce_and_e2e_report_what_the_broker_holds(broker, tmp_path):
     # The consumers read from the tail while the producer ran, and caught up
     # with everything acknowledged before they stopped.
     assert report["consume"]["records_total"] == report["records_total"]
+
+
+def test_limits_measures_the_disk_both_ways_and_leaves_its_scratch_files_behind_it(tmp_path):
+    data_dir = tmp_path / "data"
+    out = tmp_path / "limits.json"
+    bench(
+        "limits", "--data-dir", str(data_dir), "--rounds", "1", "--tcp-seconds", "0.2",
+        "--disk-bytes", str(16 << 20), "--sync-samples", "20",
+        "--files", "4", "--file-sync-bytes", str(1 << 20), "--json", str(out),
+    )
+    report = json.loads(out.read_text())
+    assert report["disk_files"] == 4
+    assert report["disk_file_sync_bytes"] == 1 << 20
+    assert len(report["disk_files_write_rounds_mb_s"]) == 1
+    assert report["disk_files_write_mb_s"] == report["disk_files_write_rounds_mb_s"][0] > 0
+    assert report["disk_write_mb_s"] > 0 and report["loopback_tcp_mb_s"] > 0
+    assert report["ceiling_mb_s"] == min(report["disk_write_mb_s"], report["loopback_tcp_mb_s"])
+    check_latency(report, "disk_sync_latency_us")
+    # Every scratch file it wrote to measure the disk is gone.
+    assert list(data_dir.iterdir()) == []
