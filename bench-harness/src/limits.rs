@@ -66,7 +66,8 @@ pub struct LimitsArgs {
     /// partitions a shard syncs (the benchmark suite's 16).
     #[arg(long, default_value_t = 16)]
     files: usize,
-    /// Bytes each of those files writes between two of its fdatasyncs.
+    /// Bytes each of those files writes between two of its fdatasyncs
+    /// (rounded up to whole writes of the log's size).
     #[arg(long, default_value_t = 1 << 20)]
     file_sync_bytes: usize,
     /// Also write the results as JSON.
@@ -110,7 +111,11 @@ pub fn run(args: LimitsArgs) -> anyhow::Result<LimitsReport> {
     let mut disk_rounds = Vec::new();
     let mut files_rounds = Vec::new();
     let mut sync = LatencyRecorder::new();
-    let (files, file_sync_bytes) = (args.files.max(1), args.file_sync_bytes.max(write_bytes));
+    // Whole writes per cycle, so that the size reported is the size written.
+    let (files, file_sync_bytes) = (
+        args.files.max(1),
+        args.file_sync_bytes.max(1).next_multiple_of(write_bytes),
+    );
     for round in 1..=rounds {
         eprintln!(
             "limits, round {round}/{rounds}: loopback TCP, disk bandwidth, write+fdatasync latency, {files} files with syncs..."
