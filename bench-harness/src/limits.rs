@@ -11,7 +11,6 @@
 //!   between a broker and the ceiling is the disk's own.
 
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -24,13 +23,15 @@ use sluice_storage::LogConfig;
 use sluice_storage::appender::WRITES_IN_FLIGHT_MAX;
 use sluice_storage::io::dma::DmaFileSystem;
 use sluice_storage::io::workers::{BOUNDED_WORKERS_PER_SHARD, set_bounded_max_for_current_thread};
-use sluice_storage::io::{FileSystem, IoBuffer, StorageFile, write_all_at};
+use sluice_storage::io::{FileSystem, StorageFile};
 use sluice_storage::local_sync::join_bounded;
 
 use crate::cpuset;
 use crate::latency::{LatencyRecorder, LatencyReport};
 use crate::load::run_on_executor;
-use crate::storage_bench::{IO_MEMORY_BYTES, Scratch, median, raw_sync_latency, raw_write_bandwidth};
+use crate::storage_bench::{
+    IO_MEMORY_BYTES, Scratch, median, pattern_buffer, raw_sync_latency, raw_write_bandwidth, write_copies,
+};
 
 /// Bytes per write on the sending side: large, as a batching producer's.
 const TCP_WRITE_BYTES: usize = 1 << 20;
@@ -238,9 +239,7 @@ async fn synced_files_bandwidth(
         file.allocate(cycles * cycle_bytes).await?;
         opened.push((file, scratch));
     }
-    let mut buf = opened[0].0.alloc_buffer(write_bytes);
-    buf.as_mut_slice().fill(0x5a);
-    let buf = Rc::new(buf);
+    let buf = pattern_buffer(&opened[0].0, write_bytes);
     let started = Instant::now();
     let streams: Vec<_> = opened
         .iter()
@@ -249,12 +248,7 @@ async fn synced_files_bandwidth(
             async move {
                 for cycle in 0..cycles {
                     let first = cycle * writes_per_cycle;
-                    let writes: Vec<_> = (first..first + writes_per_cycle)
-                        .map(|w| write_all_at(file, buf, w * write_bytes as u64))
-                        .collect();
-                    for r in join_bounded(writes, WRITES_IN_FLIGHT_MAX).await {
-                        r?;
-                    }
+                    write_copies(file, buf, first..first + writes_per_cycle).await?;
                     file.sync_data().await?;
                 }
                 std::io::Result::Ok(())

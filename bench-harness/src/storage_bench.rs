@@ -9,6 +9,8 @@
 //!     durable at the end) and durable-append latency (append, wait until
 //!     durable, one at a time), each as a ratio to (a).
 
+use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
@@ -232,19 +234,13 @@ pub(crate) async fn raw_write_bandwidth(
     let file = fs.open(&path, true).await?;
     let writes = total.div_ceil(write_bytes as u64);
     file.allocate(writes * write_bytes as u64).await?;
-    let mut buf = file.alloc_buffer(write_bytes);
-    buf.as_mut_slice().fill(0x5a);
-    let buf = Rc::new(buf);
+    let buf = pattern_buffer(&file, write_bytes);
     let started = Instant::now();
     let mut next = 0u64;
     while next < writes {
-        let group: Vec<_> = (next..(next + WRITES_IN_FLIGHT_MAX as u64).min(writes))
-            .map(|i| write_all_at(&file, &buf, i * write_bytes as u64))
-            .collect();
-        next += group.len() as u64;
-        for r in join_bounded(group, WRITES_IN_FLIGHT_MAX).await {
-            r?;
-        }
+        let end = (next + WRITES_IN_FLIGHT_MAX as u64).min(writes);
+        write_copies(&file, &buf, next..end).await?;
+        next = end;
     }
     file.sync_data().await?;
     let elapsed = started.elapsed();
@@ -264,9 +260,7 @@ pub(crate) async fn raw_sync_latency(
     let file = fs.open(&path, true).await?;
     file.allocate(samples * write_bytes as u64).await?;
     file.sync_data().await?;
-    let mut buf = file.alloc_buffer(write_bytes);
-    buf.as_mut_slice().fill(0x5a);
-    let buf = Rc::new(buf);
+    let buf = pattern_buffer(&file, write_bytes);
     for i in 0..samples {
         let started = Instant::now();
         write_all_at(&file, &buf, i * write_bytes as u64).await?;
@@ -274,6 +268,25 @@ pub(crate) async fn raw_sync_latency(
         recorder.record(started.elapsed());
     }
     file.close().await?;
+    Ok(())
+}
+
+/// A DMA buffer of `bytes` for `file`, filled with a fixed pattern: what
+/// the raw measurements write.
+pub(crate) fn pattern_buffer<F: StorageFile>(file: &F, bytes: usize) -> Rc<F::Buffer> {
+    let mut buf = file.alloc_buffer(bytes);
+    buf.as_mut_slice().fill(0x5a);
+    Rc::new(buf)
+}
+
+/// Writes `buf` at each of the positions `writes` numbers (write `i` at
+/// `i` buffer lengths), up to the log's writes in flight at once.
+pub(crate) async fn write_copies<F: StorageFile>(file: &F, buf: &Rc<F::Buffer>, writes: Range<u64>) -> io::Result<()> {
+    let len = buf.as_slice().len() as u64;
+    let writes: Vec<_> = writes.map(|i| write_all_at(file, buf, i * len)).collect();
+    for r in join_bounded(writes, WRITES_IN_FLIGHT_MAX).await {
+        r?;
+    }
     Ok(())
 }
 
