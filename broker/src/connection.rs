@@ -38,12 +38,14 @@ use sluice_storage::local_sync::LocalNotify;
 use tracing::{debug, error, warn};
 
 use crate::handlers::{self, Outcome};
+use crate::recv_buffers::{self, OWN_BUFFER_FRAME_BYTES};
 use crate::runtime;
 use crate::shard::Shard;
 
-/// Most bytes read from the socket at a time. Small requests are split off
-/// a buffer of this size and may be kept (in the batch cache) as slices of
-/// it, so it is kept modest; a large frame gets room of its own size.
+/// Most bytes read from the socket at a time into the shared read buffer.
+/// Small requests are split off a buffer of this size and may be kept (in
+/// the batch cache) as slices of it, so it is kept modest; a frame of
+/// `OWN_BUFFER_FRAME_BYTES` or more is read into a pooled buffer of its own.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Free room below which the read buffer grows before a read.
 const READ_ROOM_MIN_BYTES: usize = 16 << 10;
@@ -116,12 +118,21 @@ async fn read_requests(
                 };
                 reserved = Some((size, permit));
             }
-            let Ok(Some(frame)) = split_frame(&mut buf.bytes, max) else {
-                buf.reserve(SIZE_PREFIX_BYTES + size - buf.bytes.len());
-                break;
+            let frame = match split_frame(&mut buf.bytes, max) {
+                Ok(Some(frame)) => frame.freeze(),
+                _ if size >= OWN_BUFFER_FRAME_BYTES => {
+                    match read_own_frame(shard, reader, &mut buf, size, writer_gone).await {
+                        Ok(frame) => frame,
+                        Err(end) => return end,
+                    }
+                }
+                _ => {
+                    buf.reserve(SIZE_PREFIX_BYTES + size - buf.bytes.len());
+                    break;
+                }
             };
             let (_, budget) = reserved.take().expect("budget was reserved above");
-            if let Err(reason) = dispatch(shard, frame.freeze(), budget, queue, peer).await {
+            if let Err(reason) = dispatch(shard, frame, budget, queue, peer).await {
                 return ReadEnd::Bad(reason);
             }
         }
@@ -131,28 +142,71 @@ async fn read_requests(
         if buf.bytes.capacity() - buf.bytes.len() < READ_ROOM_MIN_BYTES {
             buf.reserve(READ_CHUNK_BYTES);
         }
-        let room = buf.room(READ_CHUNK_BYTES);
-        let read = futures_lite::future::or(async { Some(reader.read(room).await) }, async {
-            futures_lite::future::or(shard.stopped(), async {
-                while !writer_gone.0.get() {
-                    writer_gone.1.listen().await;
-                }
-            })
-            .await;
-            None
-        })
-        .await;
+        let read = read_some(shard, reader, buf.room(READ_CHUNK_BYTES), writer_gone).await;
         buf.filled(match &read {
             Some(Ok(n)) => *n,
             _ => 0,
         });
-        match read {
-            None if writer_gone.0.get() => return ReadEnd::WriterGone,
-            None => return ReadEnd::Stopping,
-            Some(Ok(0)) => return ReadEnd::Eof,
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return ReadEnd::Lost(e),
+        if let Err(end) = read_end(read, writer_gone) {
+            return end;
         }
+    }
+}
+
+/// Reads the frame of `size` bytes whose start is in `buf` into a pooled
+/// buffer of its own, so that its memory is neither new nor zeroed for it
+/// (see `recv_buffers`); `buf` is left empty.
+async fn read_own_frame(
+    shard: &Rc<Shard>,
+    reader: &mut (impl futures_lite::io::AsyncRead + Unpin),
+    buf: &mut ReadBuffer,
+    size: usize,
+    writer_gone: &Rc<(Cell<bool>, LocalNotify)>,
+) -> Result<Bytes, ReadEnd> {
+    let mut own = recv_buffers::take(size);
+    let have = buf.bytes.len() - SIZE_PREFIX_BYTES;
+    assert!(have < size, "a whole frame is split off the read buffer");
+    own[..have].copy_from_slice(&buf.bytes[SIZE_PREFIX_BYTES..]);
+    buf.clear();
+    let mut filled = have;
+    while filled < size {
+        let read = read_some(shard, reader, &mut own[filled..size], writer_gone).await;
+        filled += read_end(read, writer_gone)?;
+    }
+    Ok(recv_buffers::freeze(own, size))
+}
+
+/// Reads into `room`, unless the broker stops or the connection's writer
+/// goes first (`None`).
+async fn read_some(
+    shard: &Rc<Shard>,
+    reader: &mut (impl futures_lite::io::AsyncRead + Unpin),
+    room: &mut [u8],
+    writer_gone: &Rc<(Cell<bool>, LocalNotify)>,
+) -> Option<std::io::Result<usize>> {
+    futures_lite::future::or(async { Some(reader.read(room).await) }, async {
+        futures_lite::future::or(shard.stopped(), async {
+            while !writer_gone.0.get() {
+                writer_gone.1.listen().await;
+            }
+        })
+        .await;
+        None
+    })
+    .await
+}
+
+/// The bytes a read got, or why reading ends.
+fn read_end(
+    read: Option<std::io::Result<usize>>,
+    writer_gone: &Rc<(Cell<bool>, LocalNotify)>,
+) -> Result<usize, ReadEnd> {
+    match read {
+        None if writer_gone.0.get() => Err(ReadEnd::WriterGone),
+        None => Err(ReadEnd::Stopping),
+        Some(Ok(0)) => Err(ReadEnd::Eof),
+        Some(Ok(n)) => Ok(n),
+        Some(Err(e)) => Err(ReadEnd::Lost(e)),
     }
 }
 
@@ -206,6 +260,13 @@ impl ReadBuffer {
         self.initialized = self.initialized.max(room);
         self.lent = room;
         &mut self.bytes[start..]
+    }
+
+    /// Empties the buffer; what it held becomes initialized room.
+    fn clear(&mut self) {
+        assert_eq!(self.lent, 0);
+        self.initialized += self.bytes.len();
+        self.bytes.clear();
     }
 
     /// Keeps the first `n` bytes of the room last lent; the rest stays
@@ -309,6 +370,18 @@ async fn write_responses(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cleared_read_buffer_reads_over_what_it_held() {
+        let mut buf = ReadBuffer::new(64);
+        let room = buf.room(10);
+        room.copy_from_slice(b"0123456789");
+        buf.filled(6);
+        buf.clear();
+        assert!(buf.bytes.is_empty());
+        assert_eq!(buf.initialized, 10);
+        assert_eq!(buf.room(12), b"0123456789\0\0");
+    }
 
     #[test]
     fn read_room_is_zeroed_once_and_frames_split_off_the_front() {

@@ -12,6 +12,7 @@ mod kvlog;
 mod metadata;
 mod partition;
 mod producer_state;
+mod recv_buffers;
 mod runtime;
 mod server;
 mod shard;
