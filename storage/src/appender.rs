@@ -37,8 +37,8 @@ pub const WRITES_IN_FLIGHT_MAX: usize = 8;
 /// Full buffers taken to be written ahead between two seals: bounds the
 /// memory a log's writes ahead hold until a sync covers them.
 pub const AHEAD_CHUNKS_MAX: usize = 16;
-/// Bytes copied, then checksummed from the copy, at a time: small enough to
-/// stay in the L1 cache between the two.
+/// Bytes checksummed, then copied, at a time: small enough to stay in the
+/// L1 cache between the two.
 const HASHED_PIECE_BYTES: usize = 16 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +194,7 @@ impl<F: StorageFile> Appender<F> {
             allocated: file_bytes,
             pool: Vec::new(),
         };
-        appender.copy_in(file, tail);
+        appender.copy_in(file, tail, <[u8]>::copy_from_slice);
         assert_eq!(appender.end, end);
         appender
     }
@@ -256,17 +256,17 @@ impl<F: StorageFile> Appender<F> {
     }
 
     pub fn append(&mut self, file: &F, bytes: &[u8]) {
-        self.copy_in(file, bytes);
+        self.copy_in(file, bytes, <[u8]>::copy_from_slice);
     }
 
     /// Appends `bytes` and feeds them to `crc` in the same pass: each piece
-    /// is checksummed from the buffer just after it is copied there, while it
-    /// is still in the CPU's cache, so the source is read once.
+    /// is checksummed, then copied while it is still in the CPU's cache, so
+    /// the source is read from memory once; the copy streams past the cache
+    /// (`copy`), since the buffers are written to the disk and not read.
     pub fn append_hashed(&mut self, file: &F, bytes: &[u8], crc: &mut crc32fast::Hasher) {
         for piece in bytes.chunks(HASHED_PIECE_BYTES) {
-            let at = self.end;
-            self.copy_in(file, piece);
-            self.each_slice(at, piece.len(), |s| crc.update(s));
+            crc.update(piece);
+            self.copy_in(file, piece, crate::copy::copy);
         }
     }
 
@@ -287,18 +287,7 @@ impl<F: StorageFile> Appender<F> {
         }
     }
 
-    /// Calls `f` on the chain's bytes from logical position `pos`, `len` of
-    /// them, in order (one slice per buffer they span).
-    fn each_slice(&self, pos: u64, len: usize, mut f: impl FnMut(&[u8])) {
-        for (i, span) in spans(pos - self.chain_pos, len, self.config.chunk_bytes) {
-            f(&self.chain[i]
-                .as_ref()
-                .expect("unsealed bytes are in the chain")
-                .as_slice()[span]);
-        }
-    }
-
-    fn copy_in(&mut self, file: &F, mut bytes: &[u8]) {
+    fn copy_in(&mut self, file: &F, mut bytes: &[u8], copy: fn(&mut [u8], &[u8])) {
         while !bytes.is_empty() {
             if self.chain.is_empty() || self.last_fill == self.config.chunk_bytes {
                 let buf = self
@@ -315,7 +304,7 @@ impl<F: StorageFile> Appender<F> {
                 .expect("the last buffer is never full, so never written ahead");
             let room = buf.as_slice().len() - self.last_fill;
             let n = room.min(bytes.len());
-            buf.as_mut_slice()[self.last_fill..self.last_fill + n].copy_from_slice(&bytes[..n]);
+            copy(&mut buf.as_mut_slice()[self.last_fill..self.last_fill + n], &bytes[..n]);
             self.last_fill += n;
             self.end += n as u64;
             bytes = &bytes[n..];
@@ -359,7 +348,7 @@ impl<F: StorageFile> Appender<F> {
         let resume_end = self.end;
         self.end = self.chain_pos;
         if let Some(tail) = carried {
-            self.copy_in(file, &tail);
+            self.copy_in(file, &tail, <[u8]>::copy_from_slice);
         }
         assert_eq!(self.end, resume_end);
 

@@ -16,6 +16,7 @@ pub mod batch;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
+mod copy;
 pub mod error;
 pub mod frame;
 pub mod index;
