@@ -10,6 +10,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -20,14 +22,18 @@ use futures_channel::oneshot;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 use sluice_protocol::frame::{SIZE_PREFIX_BYTES, frame_size, split_frame};
-use sluice_protocol::kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
+use sluice_protocol::kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ProduceRequest};
 use sluice_protocol::kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use sluice_protocol::produce_frame::encode_produce_request;
 
 use crate::wire::{self, API_VERSIONS_VERSION, RESPONSE_BYTES_MAX, Versions};
 
 /// Bytes asked of the socket per read. Large enough that a fetch response
 /// of many megabytes takes few reads; responses are split off the buffer.
 const READ_CHUNK_BYTES: usize = 256 << 10;
+
+/// Buffers one sendmsg(2) passes at most; a longer frame takes more calls.
+const PARTS_PER_WRITE_MAX: usize = 64;
 
 /// How long a connection attempt may take before the run fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,6 +99,8 @@ impl Reply {
 pub struct Connection {
     addr: String,
     writer: WriteHalf<TcpStream>,
+    /// The socket under `writer`, for vectored writes.
+    fd: RawFd,
     shared: Rc<Shared>,
     next_correlation_id: i32,
     in_flight_max: usize,
@@ -117,6 +125,7 @@ impl Connection {
         stream
             .set_nodelay(true)
             .map_err(|e| anyhow!("setting TCP_NODELAY: {e}"))?;
+        let fd = stream.as_raw_fd();
         let (reader, writer) = futures_lite::io::split(stream);
         let shared = Rc::new(Shared::default());
         let reader = glommio::spawn_local({
@@ -132,6 +141,7 @@ impl Connection {
         let mut connection = Connection {
             addr: addr.to_string(),
             writer,
+            fd,
             shared,
             next_correlation_id: 0,
             in_flight_max,
@@ -174,20 +184,39 @@ impl Connection {
         std::future::poll_fn(move |cx| self.poll_slot(cx))
     }
 
-    /// Writes a request at the agreed version, once a slot is free. With
-    /// `expects_response` false (produce with acks=0), the reply completes
-    /// when the request is written.
-    pub async fn send<T: Encodable>(&mut self, api: ApiKey, body: &T, expects_response: bool) -> anyhow::Result<Reply> {
-        let version = self.versions.get(api)?;
-        self.send_at(api, version, body, expects_response).await
-    }
-
     async fn send_at<T: Encodable>(
         &mut self,
         api: ApiKey,
         version: i16,
         body: &T,
         expects_response: bool,
+    ) -> anyhow::Result<Reply> {
+        self.send_frame(api, version, expects_response, |correlation_id| {
+            Ok(vec![wire::encode_request(api, version, correlation_id, body)?])
+        })
+        .await
+    }
+
+    /// Writes a Produce request with its batches shared, not copied into
+    /// one frame (see `sluice_protocol::produce_frame`).
+    pub async fn send_produce(&mut self, body: &ProduceRequest, expects_response: bool) -> anyhow::Result<Reply> {
+        let version = self.versions.get(ApiKey::Produce)?;
+        self.send_frame(ApiKey::Produce, version, expects_response, |correlation_id| {
+            let client_id = Some(StrBytes::from_static_str(wire::CLIENT_ID));
+            Ok(encode_produce_request(version, correlation_id, client_id, body)?)
+        })
+        .await
+    }
+
+    /// Waits for a slot, then writes the frame `encode` makes for the next
+    /// correlation id. With `expects_response` false (produce with acks=0),
+    /// the reply completes when the request is written.
+    async fn send_frame(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        expects_response: bool,
+        encode: impl FnOnce(i32) -> anyhow::Result<Vec<Bytes>>,
     ) -> anyhow::Result<Reply> {
         self.shared.check()?;
         if !self.has_slot() {
@@ -196,7 +225,7 @@ impl Connection {
         }
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
-        let frame = wire::encode_request(api, version, correlation_id, body)?;
+        let frame = encode(correlation_id)?;
         let (tx, rx) = oneshot::channel();
         let done = if expects_response {
             self.shared.pending.borrow_mut().push_back(Pending {
@@ -209,7 +238,7 @@ impl Connection {
         } else {
             Some(tx)
         };
-        if let Err(e) = self.writer.write_all(&frame).await {
+        if let Err(e) = write_parts(&mut self.writer, self.fd, &frame).await {
             let reason = format!("writing to {}: {e}", self.addr);
             self.shared.fail(reason.clone());
             bail!(reason);
@@ -246,6 +275,51 @@ impl Connection {
         }
         Ok(Versions::negotiate(&response))
     }
+}
+
+/// Writes `parts` in order, in as few sendmsg(2) calls as the socket takes
+/// (one, unless it is full). Like the stream's own writes, they do not
+/// block (MSG_DONTWAIT); when the socket is full, the stream's write waits
+/// for room and writes the next piece, then sendmsg goes on.
+async fn write_parts(writer: &mut WriteHalf<TcpStream>, fd: RawFd, parts: &[Bytes]) -> io::Result<()> {
+    let (mut part, mut at) = (0usize, 0usize);
+    while part < parts.len() {
+        let iov: Vec<libc::iovec> = std::iter::once(&parts[part][at..])
+            .chain(parts[part + 1..].iter().map(|p| &p[..]))
+            .take(PARTS_PER_WRITE_MAX)
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        // SAFETY: an all-zero msghdr is valid (no address, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len();
+        // SAFETY: each iovec points into a part that `parts` keeps alive
+        // for the call, and sendmsg only reads them; `iov` and `msg` outlive
+        // the call.
+        let written = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        let mut n = if written >= 0 {
+            written as usize
+        } else {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => writer.write(&parts[part][at..]).await?,
+                _ => return Err(e),
+            }
+        };
+        if n == 0 && !parts[part][at..].is_empty() {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while part < parts.len() && n >= parts[part].len() - at {
+            n -= parts[part].len() - at;
+            (part, at) = (part + 1, 0);
+        }
+        at += n;
+    }
+    Ok(())
 }
 
 async fn read_responses(mut reader: ReadHalf<TcpStream>, shared: &Shared) -> anyhow::Result<()> {
@@ -290,4 +364,49 @@ fn deliver(shared: &Shared, mut frame: Bytes) -> anyhow::Result<()> {
         w.wake();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// More parts than one sendmsg takes, empty ones among them, and more
+    /// bytes than the socket holds, read slowly: every byte arrives, in order.
+    #[test]
+    fn parts_are_written_whole_and_in_order_when_the_socket_fills() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let parts: Vec<Bytes> = (0..(3 * PARTS_PER_WRITE_MAX))
+            .map(|i| match i % 5 {
+                0 => Bytes::new(),
+                1 => Bytes::from(vec![i as u8; 3]),
+                _ => Bytes::from((0..(100_000 + i)).map(|j| (i * 7 + j) as u8).collect::<Vec<_>>()),
+            })
+            .collect();
+        let expected: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        let reader = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            let mut chunk = vec![0u8; 64 << 10];
+            loop {
+                std::thread::sleep(Duration::from_millis(1));
+                match socket.read(&mut chunk).unwrap() {
+                    0 => return got,
+                    n => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        glommio::LocalExecutor::default().run(async move {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let fd = stream.as_raw_fd();
+            let (_reader, mut writer) = futures_lite::io::split(stream);
+            write_parts(&mut writer, fd, &parts).await.unwrap();
+            writer.close().await.unwrap();
+        });
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes differ");
+    }
 }

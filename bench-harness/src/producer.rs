@@ -394,7 +394,7 @@ impl Generator<'_> {
         let version = link.conn.versions().get(ApiKey::Produce)?;
         let records: u64 = batches.iter().map(|b| b.stamps.len() as u64).sum();
         self.outstanding_records.set(self.outstanding_records.get() + records);
-        let reply = link.conn.send(ApiKey::Produce, &request, expects_response).await?;
+        let reply = link.conn.send_produce(&request, expects_response).await?;
         let completion = Completion {
             stats: self.stats.clone(),
             outstanding_records: self.outstanding_records.clone(),

@@ -13,66 +13,15 @@
 //! by the records' length and the records. The result is byte for byte what
 //! the generic encoder would produce (tested for every version).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::{ApiKey, FetchResponse, ResponseHeader};
 use kafka_protocol::protocol::Encodable;
 
 use crate::frame::SIZE_PREFIX_BYTES;
+use crate::frame_chain::FrameChain;
+use crate::frame_chain::{put_array_len, put_unsigned_varint};
 use crate::response::EncodeError;
-
-/// Pieces of records at least this large are passed through, not copied:
-/// below it a copy costs less than another write to the socket.
-pub const SHARED_PIECE_MIN_BYTES: usize = 16 << 10;
-
-/// A frame under construction: encoded bytes and shared pieces, in order.
-#[derive(Debug, Default)]
-pub struct FrameChain {
-    parts: Vec<Bytes>,
-    current: BytesMut,
-    len: usize,
-}
-
-impl FrameChain {
-    pub fn new() -> FrameChain {
-        FrameChain::default()
-    }
-
-    /// Appends a copy of `bytes`.
-    pub fn put_slice(&mut self, bytes: &[u8]) {
-        self.current.put_slice(bytes);
-        self.len += bytes.len();
-    }
-
-    /// Appends `bytes`, shared rather than copied when large.
-    pub fn put_bytes(&mut self, bytes: Bytes) {
-        if bytes.len() < SHARED_PIECE_MIN_BYTES {
-            self.put_slice(&bytes);
-            return;
-        }
-        if !self.current.is_empty() {
-            self.parts.push(self.current.split().freeze());
-        }
-        self.len += bytes.len();
-        self.parts.push(bytes);
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The pieces, to be written one after the other.
-    pub fn finish(mut self) -> Vec<Bytes> {
-        if !self.current.is_empty() {
-            self.parts.push(self.current.split().freeze());
-        }
-        self.parts
-    }
-}
 
 /// A partition's records, written into a frame.
 pub trait RecordsSource {
@@ -90,28 +39,6 @@ impl RecordsSource for Bytes {
     fn put_records(&self, out: &mut FrameChain) {
         out.put_bytes(self.clone());
     }
-}
-
-fn put_unsigned_varint(out: &mut FrameChain, mut v: u32) {
-    let mut buf = [0u8; 5];
-    let mut n = 0;
-    while v >= 0x80 {
-        buf[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    buf[n] = v as u8;
-    out.put_slice(&buf[..=n]);
-}
-
-fn put_array_len(out: &mut FrameChain, len: usize, flexible: bool) -> Result<(), String> {
-    let len = u32::try_from(len).map_err(|_| "array too long".to_string())?;
-    if flexible {
-        put_unsigned_varint(out, len + 1);
-    } else {
-        out.put_slice(&(len as i32).to_be_bytes());
-    }
-    Ok(())
 }
 
 /// A whole Fetch response frame for `version`: the fields of `body` (whose
@@ -254,6 +181,7 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
 
     use super::*;
+    use crate::frame_chain::SHARED_PIECE_MIN_BYTES;
     use crate::response::encode_response;
 
     fn records(len: usize, seed: u8) -> Bytes {
@@ -323,21 +251,5 @@ mod tests {
         records.pop();
         assert!(encode_fetch_response(12, 1, &response, &records).is_err());
         assert!(encode_fetch_response::<Bytes>(3, 1, &FetchResponse::default(), &[]).is_err());
-    }
-
-    #[test]
-    fn small_pieces_are_copied_and_large_ones_shared() {
-        let mut chain = FrameChain::new();
-        chain.put_slice(b"abc");
-        chain.put_bytes(Bytes::from_static(b"small"));
-        let big = records(SHARED_PIECE_MIN_BYTES, 1);
-        chain.put_bytes(big.clone());
-        chain.put_slice(b"z");
-        assert_eq!(chain.len(), 3 + 5 + big.len() + 1);
-        let parts = chain.finish();
-        assert_eq!(parts.len(), 3);
-        assert_eq!(&parts[0][..], b"abcsmall");
-        assert_eq!(parts[1].as_ptr(), big.as_ptr());
-        assert_eq!(&parts[2][..], b"z");
     }
 }

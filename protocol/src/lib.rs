@@ -8,10 +8,12 @@
 pub mod api;
 pub mod fetch_frame;
 pub mod frame;
+pub mod frame_chain;
 #[doc(hidden)]
 pub mod fuzz_support;
 pub mod header;
 pub mod legacy_produce;
+pub mod produce_frame;
 pub mod records;
 pub mod request;
 pub mod response;

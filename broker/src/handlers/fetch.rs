@@ -26,7 +26,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use sluice_protocol::ResponseError;
-use sluice_protocol::fetch_frame::{FrameChain, RecordsSource};
+use sluice_protocol::fetch_frame::RecordsSource;
+use sluice_protocol::frame_chain::FrameChain;
 use sluice_protocol::kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, PartitionData,
 };
