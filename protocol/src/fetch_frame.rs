@@ -18,9 +18,8 @@ use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::{ApiKey, FetchResponse, ResponseHeader};
 use kafka_protocol::protocol::Encodable;
 
-use crate::frame::SIZE_PREFIX_BYTES;
 use crate::frame_chain::FrameChain;
-use crate::frame_chain::{put_array_len, put_unsigned_varint};
+use crate::frame_chain::{put_array_len, put_nullable_len, put_unsigned_varint};
 use crate::response::EncodeError;
 
 /// A partition's records, written into a frame.
@@ -67,9 +66,7 @@ pub fn encode_fetch_response<R: RecordsSource>(
     if !body.unknown_tagged_fields.is_empty() || !body.node_endpoints.is_empty() {
         return Err(error("top-level tagged fields are not encoded here".into()));
     }
-    let mut out = FrameChain::new();
-    // Size prefix, patched once the length is known.
-    out.put_slice(&[0u8; SIZE_PREFIX_BYTES]);
+    let mut out = FrameChain::for_frame();
     let mut scratch = BytesMut::new();
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header
@@ -113,14 +110,7 @@ pub fn encode_fetch_response<R: RecordsSource>(
     if flexible {
         put_unsigned_varint(&mut out, 0);
     }
-    let size = out.len() - SIZE_PREFIX_BYTES;
-    let size = i32::try_from(size).map_err(|_| error(format!("{size} bytes is too large for a frame")))?;
-    let mut parts = out.finish();
-    let first = std::mem::take(&mut parts[0]);
-    let mut first = BytesMut::from(first);
-    first[..SIZE_PREFIX_BYTES].copy_from_slice(&size.to_be_bytes());
-    parts[0] = first.freeze();
-    Ok(parts)
+    out.finish_frame().map_err(error)
 }
 
 fn put_partition<R: RecordsSource>(
@@ -148,25 +138,15 @@ fn put_partition<R: RecordsSource>(
     fields.encode(scratch, version).map_err(|e| e.to_string())?;
     let marker = if flexible { 2 } else { 4 };
     out.put_slice(&scratch[..scratch.len() - marker]);
-    match records {
-        None if flexible => put_unsigned_varint(out, 0),
-        None => out.put_slice(&(-1i32).to_be_bytes()),
-        Some(r) => {
-            let len = r.records_len();
-            let len32 = u32::try_from(len).map_err(|_| "records too large".to_string())?;
-            if flexible {
-                put_unsigned_varint(out, len32 + 1);
-            } else {
-                out.put_slice(
-                    &i32::try_from(len32)
-                        .map_err(|_| "records too large".to_string())?
-                        .to_be_bytes(),
-                );
-            }
-            let before = out.len();
-            r.put_records(out);
-            assert_eq!(out.len() - before, len, "a records source wrote other than its length");
-        }
+    put_nullable_len(out, records.map(|r| r.records_len()), flexible)?;
+    if let Some(r) = records {
+        let before = out.len();
+        r.put_records(out);
+        assert_eq!(
+            out.len() - before,
+            r.records_len(),
+            "a records source wrote other than its length"
+        );
     }
     if flexible {
         put_unsigned_varint(out, 0);
@@ -181,16 +161,8 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
 
     use super::*;
-    use crate::frame_chain::SHARED_PIECE_MIN_BYTES;
+    use crate::frame_chain::{SHARED_PIECE_MIN_BYTES, test_records as records};
     use crate::response::encode_response;
-
-    fn records(len: usize, seed: u8) -> Bytes {
-        Bytes::from(
-            (0..len)
-                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-                .collect::<Vec<_>>(),
-        )
-    }
 
     fn sample(version: i16) -> (FetchResponse, Vec<Option<Bytes>>) {
         let sizes: [Option<usize>; 5] = [Some(100), None, Some(0), Some(70_000), Some(SHARED_PIECE_MIN_BYTES)];

@@ -6,6 +6,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::frame::SIZE_PREFIX_BYTES;
+
 /// Pieces of records at least this large are passed through, not copied:
 /// below it a copy costs less than another write to the socket.
 pub const SHARED_PIECE_MIN_BYTES: usize = 16 << 10;
@@ -50,6 +52,26 @@ impl FrameChain {
         self.len == 0
     }
 
+    /// A chain for a whole frame: it starts with the size prefix, which
+    /// [`finish_frame`](Self::finish_frame) fills in.
+    pub fn for_frame() -> FrameChain {
+        let mut chain = FrameChain::new();
+        chain.put_slice(&[0u8; SIZE_PREFIX_BYTES]);
+        chain
+    }
+
+    /// The pieces of a chain from [`for_frame`](Self::for_frame), its size
+    /// prefix holding the length of the rest.
+    pub fn finish_frame(self) -> Result<Vec<Bytes>, String> {
+        let size = self.len - SIZE_PREFIX_BYTES;
+        let size = i32::try_from(size).map_err(|_| format!("{size} bytes is too large for a frame"))?;
+        let mut parts = self.finish();
+        let mut first = BytesMut::from(std::mem::take(&mut parts[0]));
+        first[..SIZE_PREFIX_BYTES].copy_from_slice(&size.to_be_bytes());
+        parts[0] = first.freeze();
+        Ok(parts)
+    }
+
     /// The pieces, to be written one after the other.
     pub fn finish(mut self) -> Vec<Bytes> {
         if !self.current.is_empty() {
@@ -79,6 +101,35 @@ pub(crate) fn put_array_len(out: &mut FrameChain, len: usize, flexible: bool) ->
         out.put_slice(&(len as i32).to_be_bytes());
     }
     Ok(())
+}
+
+/// The length in front of (compact) nullable bytes: `None` for null.
+pub(crate) fn put_nullable_len(out: &mut FrameChain, len: Option<usize>, flexible: bool) -> Result<(), String> {
+    let Some(len) = len else {
+        if flexible {
+            put_unsigned_varint(out, 0);
+        } else {
+            out.put_slice(&(-1i32).to_be_bytes());
+        }
+        return Ok(());
+    };
+    let len = i32::try_from(len).map_err(|_| "records too large".to_string())?;
+    if flexible {
+        put_unsigned_varint(out, len as u32 + 1);
+    } else {
+        out.put_slice(&len.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// Bytes of `len` that differ with `seed`, as records in tests.
+#[cfg(test)]
+pub(crate) fn test_records(len: usize, seed: u8) -> Bytes {
+    Bytes::from(
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<_>>(),
+    )
 }
 
 #[cfg(test)]

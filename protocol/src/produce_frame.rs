@@ -17,8 +17,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
-use crate::frame::SIZE_PREFIX_BYTES;
-use crate::frame_chain::{FrameChain, put_array_len, put_unsigned_varint};
+use crate::frame_chain::{FrameChain, put_array_len, put_nullable_len, put_unsigned_varint};
 use crate::response::EncodeError;
 
 /// The Produce versions encoded here: v3 (the first with v2 record batches)
@@ -49,9 +48,7 @@ pub fn encode_produce_request(
     if !body.unknown_tagged_fields.is_empty() {
         return Err(error("request tagged fields are not encoded here".into()));
     }
-    let mut out = FrameChain::new();
-    // Size prefix, patched once the length is known.
-    out.put_slice(&[0u8; SIZE_PREFIX_BYTES]);
+    let mut out = FrameChain::for_frame();
     let mut scratch = BytesMut::new();
     let mut encode_into = |out: &mut FrameChain, what: &dyn Fn(&mut BytesMut) -> anyhow::Result<()>, marker| {
         scratch.clear();
@@ -87,7 +84,11 @@ pub fn encode_produce_request(
             }
             let fields = PartitionProduceData::default().with_index(partition.index);
             encode_into(&mut out, &|b| fields.encode(b, version), null_records_marker)?;
-            put_records(&mut out, partition.records.as_ref(), flexible).map_err(error)?;
+            let records = partition.records.as_ref();
+            put_nullable_len(&mut out, records.map(Bytes::len), flexible).map_err(error)?;
+            if let Some(r) = records {
+                out.put_bytes(r.clone());
+            }
             if flexible {
                 put_unsigned_varint(&mut out, 0);
             }
@@ -99,34 +100,7 @@ pub fn encode_produce_request(
     if flexible {
         put_unsigned_varint(&mut out, 0);
     }
-    let size = out.len() - SIZE_PREFIX_BYTES;
-    let size = i32::try_from(size).map_err(|_| error(format!("{size} bytes is too large for a frame")))?;
-    let mut parts = out.finish();
-    let mut first = BytesMut::from(std::mem::take(&mut parts[0]));
-    first[..SIZE_PREFIX_BYTES].copy_from_slice(&size.to_be_bytes());
-    parts[0] = first.freeze();
-    Ok(parts)
-}
-
-/// A partition's records as (compact) nullable bytes: length, then shared.
-fn put_records(out: &mut FrameChain, records: Option<&Bytes>, flexible: bool) -> Result<(), String> {
-    match records {
-        None if flexible => put_unsigned_varint(out, 0),
-        None => out.put_slice(&(-1i32).to_be_bytes()),
-        Some(r) => {
-            let len = u32::try_from(r.len())
-                .ok()
-                .filter(|&n| n < i32::MAX as u32)
-                .ok_or_else(|| "records too large".to_string())?;
-            if flexible {
-                put_unsigned_varint(out, len + 1);
-            } else {
-                out.put_slice(&(len as i32).to_be_bytes());
-            }
-            out.put_bytes(r.clone());
-        }
-    }
-    Ok(())
+    out.finish_frame().map_err(error)
 }
 
 #[cfg(test)]
@@ -134,15 +108,8 @@ mod tests {
     use kafka_protocol::messages::{TopicName, TransactionalId};
 
     use super::*;
-    use crate::frame_chain::SHARED_PIECE_MIN_BYTES;
-
-    fn records(len: usize, seed: u8) -> Bytes {
-        Bytes::from(
-            (0..len)
-                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-                .collect::<Vec<_>>(),
-        )
-    }
+    use crate::frame::SIZE_PREFIX_BYTES;
+    use crate::frame_chain::{SHARED_PIECE_MIN_BYTES, test_records as records};
 
     fn sample(transactional: bool) -> ProduceRequest {
         let sizes: [Option<usize>; 5] = [Some(100), None, Some(0), Some(70_000), Some(SHARED_PIECE_MIN_BYTES)];
