@@ -11,7 +11,8 @@
 //!
 //! Buffers come in size classes, four to each doubling, so that frames of
 //! nearby sizes share them and a buffer is at most a quarter larger than
-//! the frame it holds. A thread keeps at most `POOLED_BYTES_MAX` of free
+//! the frame it holds; when a class has none free, a buffer of a class up
+//! to half as large again is used. A thread keeps at most `POOLED_BYTES_MAX` of free
 //! buffers; past it, the buffers of the size least recently asked for are
 //! freed first.
 
@@ -27,12 +28,18 @@ pub const OWN_BUFFER_FRAME_BYTES: usize = 64 << 10;
 /// the batch cache lets go of them, in bursts and in other sizes than are
 /// being read at the time; what the pool cannot keep goes back to the
 /// allocator, and the next frames are read into fresh pages, whose faults
-/// the shard pays. At half the maximum produce rate, 256 MiB instead of
-/// 64 MiB halved those faults and cut the produce p99 in five runs of five
-/// (docs/PERFORMANCE.md).
+/// the shard pays, and which stalled it: at half the maximum produce rate,
+/// 256 MiB instead of 64 MiB (with `LARGER_CLASS_SHARE`) cut the faults by
+/// two thirds or more and the produce p99 from 420-660 ms to 28-490 ms,
+/// most runs under 50 ms (docs/PERFORMANCE.md).
 pub const POOLED_BYTES_MAX: usize = 256 << 20;
 /// Size classes in each doubling of size.
 const CLASSES_PER_DOUBLING: usize = 4;
+/// With no free buffer of a frame's class, one of a larger class is taken,
+/// at most this much (a fraction) larger: frames come back in other sizes
+/// than those being read, and a buffer a little too large costs less than
+/// fresh memory.
+const LARGER_CLASS_SHARE: (usize, usize) = (1, 2);
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
@@ -105,9 +112,13 @@ struct Class {
 impl Pool {
     fn take(&mut self, class: usize) -> Option<Box<[u8]>> {
         self.clock += 1;
-        let entry = self.classes.entry(class).or_default();
-        entry.wanted_at = self.clock;
-        let buf = entry.free.pop()?;
+        self.classes.entry(class).or_default().wanted_at = self.clock;
+        // This class's buffers first, then the next larger ones'.
+        let larger_max = class + class * LARGER_CLASS_SHARE.0 / LARGER_CLASS_SHARE.1;
+        let buf = self
+            .classes
+            .range_mut(class..=larger_max)
+            .find_map(|(_, c)| c.free.pop())?;
         self.bytes -= buf.len();
         Some(buf)
     }
@@ -175,6 +186,27 @@ mod tests {
         assert_eq!(&again[..5], b"hello");
         // Given back through the pool too, so the next take is this one.
         drop(freeze(other, 10));
+    }
+
+    #[test]
+    fn a_class_with_none_free_takes_a_buffer_at_most_half_as_large_again() {
+        let mut pool = Pool::default();
+        let class = class_of(200_000);
+        let larger = class_of(class + 1);
+        let too_large = class_of(class * 3 / 2 + 1);
+        assert!(larger <= class * 3 / 2 && too_large > class * 3 / 2);
+        for c in [class, larger, too_large] {
+            assert!(pool.take(c).is_none());
+        }
+        pool.give(vec![0u8; too_large].into_boxed_slice());
+        assert!(pool.take(class).is_none());
+        pool.give(vec![0u8; larger].into_boxed_slice());
+        pool.give(vec![0u8; class].into_boxed_slice());
+        // Its own class first, then the smallest larger one that has any.
+        assert_eq!(pool.take(class).map(|b| b.len()), Some(class));
+        assert_eq!(pool.take(class).map(|b| b.len()), Some(larger));
+        assert!(pool.take(class).is_none());
+        assert_eq!(pool.bytes, too_large);
     }
 
     #[test]
