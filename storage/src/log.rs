@@ -747,8 +747,7 @@ impl<S: FileSystem> Log<S> {
         active.end = writer.log.end();
         active.next_offset = frame.next_offset();
         st.end_offset = frame.next_offset();
-        self.cache
-            .insert(self.cache_id, base, leader_epoch, served.raw().clone());
+        self.cache.insert(self.cache_id, base, leader_epoch, served.into_raw());
         if was_idle {
             self.pending_notify.notify_all();
         }

@@ -73,6 +73,11 @@ impl ServedBatch {
         self.bytes.slice(ASSIGNED_HEAD_BYTES..)
     }
 
+    /// The raw bytes, whose head may be stale (see `raw`), given up.
+    pub(crate) fn into_raw(self) -> Bytes {
+        self.bytes
+    }
+
     /// The raw bytes whose head may be stale; for callers that only read
     /// fields past the head (attributes, timestamps, producer id).
     pub fn raw(&self) -> &Bytes {
