@@ -12,9 +12,9 @@
 //! Buffers come in size classes, four to each doubling, so that frames of
 //! nearby sizes share them and a buffer is at most a quarter larger than
 //! the frame it holds; when a class has none free, a buffer of a class up
-//! to half as large again is used. A thread keeps at most `POOLED_BYTES_MAX` of free
-//! buffers; past it, the buffers of the size least recently asked for are
-//! freed first.
+//! to half as large again is used. A thread keeps at most
+//! `POOLED_BYTES_MAX` of free buffers; past it, the buffers of the size
+//! least recently asked for are freed first.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
