@@ -30,8 +30,8 @@ pub const OWN_BUFFER_FRAME_BYTES: usize = 64 << 10;
 /// allocator, and the next frames are read into fresh pages, whose faults
 /// the shard pays, and which stalled it: at half the maximum produce rate,
 /// 256 MiB instead of 64 MiB (with `LARGER_CLASS_SHARE`) cut the faults by
-/// two thirds or more and the produce p99 from 420-660 ms to 28-490 ms,
-/// most runs under 50 ms (docs/PERFORMANCE.md).
+/// two thirds or more, and the produce p99's median over runs from 550 to
+/// 194 ms (docs/PERFORMANCE.md).
 pub const POOLED_BYTES_MAX: usize = 256 << 20;
 /// Size classes in each doubling of size.
 const CLASSES_PER_DOUBLING: usize = 4;

@@ -21,7 +21,7 @@ pub struct FrameChain {
 }
 
 impl FrameChain {
-    pub fn new() -> FrameChain {
+    fn new() -> FrameChain {
         FrameChain::default()
     }
 
@@ -73,7 +73,7 @@ impl FrameChain {
     }
 
     /// The pieces, to be written one after the other.
-    pub fn finish(mut self) -> Vec<Bytes> {
+    fn finish(mut self) -> Vec<Bytes> {
         if !self.current.is_empty() {
             self.parts.push(self.current.split().freeze());
         }

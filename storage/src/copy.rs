@@ -7,8 +7,9 @@
 //! leaves it in the cache, pushing out lines that will be read again.
 //! Non-temporal stores write whole lines straight to memory instead.
 //!
-//! They are weakly ordered: [`fence`] must run after them and before the
-//! buffer is handed to the kernel for I/O. [`copy`] ends with one.
+//! They are weakly ordered, so [`copy`] ends with a fence: what it copied
+//! is ordered before any later store, such as handing the buffer to the
+//! kernel for I/O.
 
 /// Copies shorter than this are ordinary ones: a few lines gain nothing.
 const STREAM_MIN_BYTES: usize = 1024;
@@ -27,7 +28,7 @@ pub fn copy(dst: &mut [u8], src: &[u8]) {
 }
 
 /// Orders the non-temporal stores before it before every store after it.
-pub fn fence() {
+fn fence() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: sfence is part of SSE, which every x86_64 CPU has.
     unsafe {
