@@ -24,6 +24,7 @@ use sluice_storage::appender::WRITES_IN_FLIGHT_MAX;
 use sluice_storage::batch::build_batch;
 use sluice_storage::frame::FRAME_HEADER_BYTES;
 use sluice_storage::io::dma::DmaFileSystem;
+use sluice_storage::io::workers::{self, BOUNDED_WORKERS_PER_SHARD, set_bounded_max_for_current_thread};
 use sluice_storage::io::{FileSystem, IoBuffer, StorageFile, align_up, write_all_at};
 use sluice_storage::local_sync::join_bounded;
 use sluice_storage::{BatchCache, Log, LogConfig, Offset};
@@ -54,6 +55,11 @@ pub struct StorageArgs {
     /// CPU to pin the executor to (unpinned if not given).
     #[arg(long)]
     cpu: Option<usize>,
+    /// CPUs for the kernel's io workers, which run the executor's
+    /// fdatasyncs and space reservations: the broker's `--io-cpuset`. By
+    /// default they share the executor's CPU and wait for it.
+    #[arg(long)]
+    io_cpuset: Option<String>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -61,6 +67,8 @@ pub struct StorageArgs {
 
 #[derive(Debug, Serialize)]
 struct StorageReport {
+    /// CPUs of the io workers (`--io-cpuset`); absent, the executor's.
+    io_cpus: Option<Vec<usize>>,
     write_bytes: usize,
     writes_in_flight: usize,
     rounds: usize,
@@ -95,11 +103,25 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
         Some(cpu) => Placement::Fixed(cpu),
         None => Placement::Unbound,
     };
+    let io_cpus = args.io_cpuset.as_deref().map(crate::cpuset::parse).transpose()?;
+    if io_cpus.as_ref().is_some_and(Vec::is_empty) {
+        bail!("--io-cpuset names no CPU");
+    }
     let job_args = args.clone();
     let report = LocalExecutorBuilder::new(placement)
         .name("sluice-bench-storage")
         .io_memory(IO_MEMORY_BYTES)
-        .spawn(move || async move { measure(&job_args).await })
+        .spawn(move || async move {
+            // As a broker's shard does, before the first file operation.
+            if let Err(e) = set_bounded_max_for_current_thread(BOUNDED_WORKERS_PER_SHARD) {
+                eprintln!("cannot raise the io worker limit ({e}); fdatasyncs may queue");
+            }
+            if let Some(cpus) = &io_cpus {
+                workers::set_for_current_thread(cpus)
+                    .with_context(|| format!("placing the io workers on CPUs {cpus:?}"))?;
+            }
+            measure(&job_args, io_cpus).await
+        })
         .map_err(|e| anyhow::anyhow!("starting the executor: {e}"))?
         .join()
         .map_err(|e| anyhow::anyhow!("executor failed: {e:?}"))??;
@@ -117,7 +139,7 @@ pub(crate) fn median(values: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-async fn measure(args: &StorageArgs) -> anyhow::Result<StorageReport> {
+async fn measure(args: &StorageArgs, io_cpus: Option<Vec<usize>>) -> anyhow::Result<StorageReport> {
     let fs = DmaFileSystem::new();
     let config = LogConfig::default();
     let write_bytes = config.appender.chunk_bytes;
@@ -167,6 +189,7 @@ async fn measure(args: &StorageArgs) -> anyhow::Result<StorageReport> {
         });
     }
     Ok(StorageReport {
+        io_cpus,
         write_bytes,
         writes_in_flight: WRITES_IN_FLIGHT_MAX,
         rounds,
@@ -182,6 +205,10 @@ fn print_report(r: &StorageReport) {
         r.writes_in_flight,
         r.rounds
     );
+    match &r.io_cpus {
+        Some(cpus) => println!("io workers (fdatasync, fallocate) on CPUs {cpus:?}"),
+        None => println!("io workers (fdatasync, fallocate) on the executor's CPU"),
+    }
     for b in &r.batches {
         println!();
         println!(

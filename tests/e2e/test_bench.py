@@ -86,3 +86,28 @@ def test_limits_measures_the_disk_both_ways_and_leaves_its_scratch_files_behind_
     check_latency(report, "disk_sync_latency_us")
     # Every scratch file it wrote to measure the disk is gone.
     assert list(data_dir.iterdir()) == []
+
+
+def test_storage_reports_the_log_against_the_disk_with_its_io_workers_where_asked(tmp_path):
+    scratch = tmp_path / "scratch"
+    out = tmp_path / "storage.json"
+    bench(
+        "storage", "--dir", str(scratch), "--bytes", str(8 << 20), "--samples", "20",
+        "--rounds", "1", "--batch-bytes", "1024,65536", "--io-cpuset", "0", "--json", str(out),
+    )
+    report = json.loads(out.read_text())
+    assert report["io_cpus"] == [0]
+    assert [b["batch_bytes"] for b in report["batches"]] == [1024, 65536]
+    for b in report["batches"]:
+        assert b["log_throughput_mb_s"] > 0 and b["raw_write_bandwidth_mb_s"] > 0
+        assert b["throughput_ratios"] == [b["throughput_ratio"]]
+        assert b["durable_write_bytes"] % 4096 == 0 and b["durable_write_bytes"] > b["batch_bytes"]
+        check_latency(b, "raw_sync_latency_us")
+        check_latency(b, "durable_append_latency_us")
+    assert list(scratch.iterdir()) == []
+    # A CPU list that names none is refused, not run unplaced.
+    done = subprocess.run(
+        [str(BENCH_BIN), "storage", "--dir", str(scratch), "--io-cpuset", "none"],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
+    assert done.returncode != 0 and "names no CPU" in done.stderr
