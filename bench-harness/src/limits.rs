@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use sluice_storage::LogConfig;
 use sluice_storage::appender::WRITES_IN_FLIGHT_MAX;
 use sluice_storage::io::dma::DmaFileSystem;
-use sluice_storage::io::workers::{BOUNDED_WORKERS_PER_SHARD, set_bounded_max_for_current_thread};
 use sluice_storage::io::{FileSystem, StorageFile};
 use sluice_storage::local_sync::join_bounded;
 
@@ -30,7 +29,8 @@ use crate::cpuset;
 use crate::latency::{LatencyRecorder, LatencyReport};
 use crate::load::run_on_executor;
 use crate::storage_bench::{
-    IO_MEMORY_BYTES, Scratch, median, pattern_buffer, raw_sync_latency, raw_write_bandwidth, write_copies,
+    IO_MEMORY_BYTES, Scratch, median, pattern_buffer, raise_io_worker_limit, raw_sync_latency, raw_write_bandwidth,
+    write_copies,
 };
 
 /// Bytes per write on the sending side: large, as a batching producer's.
@@ -132,11 +132,7 @@ pub fn run(args: LimitsArgs) -> anyhow::Result<LimitsReport> {
             .name("sluice-bench-limits-disk")
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || async move {
-                // As a broker's shard does, so that the files' fdatasyncs
-                // do not queue behind the kernel's default of two workers.
-                if let Err(e) = set_bounded_max_for_current_thread(BOUNDED_WORKERS_PER_SHARD) {
-                    eprintln!("cannot raise the io worker limit ({e}); fdatasyncs may queue");
-                }
+                raise_io_worker_limit();
                 let fs = DmaFileSystem::new();
                 let bandwidth = raw_write_bandwidth(&fs, &dir, write_bytes, disk_bytes).await?;
                 let mut recorder = LatencyRecorder::new();

@@ -112,10 +112,7 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
         .name("sluice-bench-storage")
         .io_memory(IO_MEMORY_BYTES)
         .spawn(move || async move {
-            // As a broker's shard does, before the first file operation.
-            if let Err(e) = set_bounded_max_for_current_thread(BOUNDED_WORKERS_PER_SHARD) {
-                eprintln!("cannot raise the io worker limit ({e}); fdatasyncs may queue");
-            }
+            raise_io_worker_limit();
             if let Some(cpus) = &io_cpus {
                 workers::set_for_current_thread(cpus)
                     .with_context(|| format!("placing the io workers on CPUs {cpus:?}"))?;
@@ -131,6 +128,15 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Raises the calling executor's limit of io workers for blocking file
+/// work as a broker's shard does, before its first file operation, so that
+/// fdatasyncs do not queue behind the kernel's default of two workers.
+pub(crate) fn raise_io_worker_limit() {
+    if let Err(e) = set_bounded_max_for_current_thread(BOUNDED_WORKERS_PER_SHARD) {
+        eprintln!("cannot raise the io worker limit ({e}); fdatasyncs may queue");
+    }
 }
 
 pub(crate) fn median(values: &[f64]) -> f64 {
