@@ -18,9 +18,10 @@ pub struct LogConfig {
     pub write_buffer_bytes_max: u64,
     /// Durable bytes written between checkpoints; bounds recovery's scan.
     /// Each checkpoint costs four syncs (the two index files, the new
-    /// checkpoint file, the directory), each a flush of the device's cache; 256 MiB keeps a full-speed log's checkpoint
-    /// flushes to 16 per GiB, and a crash costs a scan of at most 256 MiB
-    /// per partition (0.12-0.14 s measured on a 3.6 GB/s disk).
+    /// checkpoint file, the directory), each a flush of the device's
+    /// cache; 256 MiB keeps a full-speed log's checkpoint flushes to 16 per
+    /// GiB, and a crash costs a scan of at most 256 MiB per partition
+    /// (0.12-0.14 s measured on a 3.6 GB/s disk).
     pub checkpoint_interval_bytes: u64,
     /// Keep the file of the newest segment that retention or the log
     /// start deleted, and write the next new segment into it: overwriting
