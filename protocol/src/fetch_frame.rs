@@ -19,7 +19,7 @@ use kafka_protocol::messages::{ApiKey, FetchResponse, ResponseHeader};
 use kafka_protocol::protocol::Encodable;
 
 use crate::frame_chain::FrameChain;
-use crate::frame_chain::{put_array_len, put_nullable_len, put_unsigned_varint};
+use crate::frame_chain::{empty_last_field_bytes, put_array_len, put_nullable_len, put_unsigned_varint};
 use crate::response::EncodeError;
 
 /// A partition's records, written into a frame.
@@ -69,10 +69,9 @@ pub fn encode_fetch_response<R: RecordsSource>(
     let mut out = FrameChain::for_frame();
     let mut scratch = BytesMut::new();
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    header
-        .encode(&mut scratch, ApiKey::Fetch.response_header_version(version))
-        .map_err(|e| error(e.to_string()))?;
-    out.put_slice(&scratch);
+    let header_version = ApiKey::Fetch.response_header_version(version);
+    out.put_encoded(&mut scratch, 0, |b| header.encode(b, header_version))
+        .map_err(error)?;
     out.put_slice(&body.throttle_time_ms.to_be_bytes());
     if version >= 7 {
         out.put_slice(&body.error_code.to_be_bytes());
@@ -132,12 +131,9 @@ fn put_partition<R: RecordsSource>(
     // Every field before the records, as the generic encoder writes them:
     // encode with null records, then drop the null marker (and the empty
     // tagged-field count after it, in flexible versions).
-    scratch.clear();
     let mut fields = partition.clone();
     fields.records = None;
-    fields.encode(scratch, version).map_err(|e| e.to_string())?;
-    let marker = if flexible { 2 } else { 4 };
-    out.put_slice(&scratch[..scratch.len() - marker]);
+    out.put_encoded(scratch, empty_last_field_bytes(flexible), |b| fields.encode(b, version))?;
     put_nullable_len(out, records.map(|r| r.records_len()), flexible)?;
     if let Some(r) = records {
         let before = out.len();

@@ -52,6 +52,22 @@ impl FrameChain {
         self.len == 0
     }
 
+    /// Appends what `encode` writes into `scratch` (cleared first), less
+    /// its last `drop_tail` bytes: a struct encoded by kafka-protocol with
+    /// its last field left empty (see [`empty_last_field_bytes`]), for the
+    /// caller to put the real field there.
+    pub(crate) fn put_encoded(
+        &mut self,
+        scratch: &mut BytesMut,
+        drop_tail: usize,
+        encode: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>,
+    ) -> Result<(), String> {
+        scratch.clear();
+        encode(scratch).map_err(|e| e.to_string())?;
+        self.put_slice(&scratch[..scratch.len() - drop_tail]);
+        Ok(())
+    }
+
     /// A chain for a whole frame: it starts with the size prefix, which
     /// [`finish_frame`](Self::finish_frame) fills in.
     pub fn for_frame() -> FrameChain {
@@ -79,6 +95,14 @@ impl FrameChain {
         }
         self.parts
     }
+}
+
+/// Bytes kafka-protocol writes for an empty array or null bytes as the
+/// last field of a struct, with (flexible versions) the struct's empty
+/// tagged-field count after it: a 4-byte length, or a 1-byte compact
+/// length and a 1-byte count.
+pub(crate) fn empty_last_field_bytes(flexible: bool) -> usize {
+    if flexible { 2 } else { 4 }
 }
 
 pub(crate) fn put_unsigned_varint(out: &mut FrameChain, mut v: u32) {

@@ -17,7 +17,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
-use crate::frame_chain::{FrameChain, put_array_len, put_nullable_len, put_unsigned_varint};
+use crate::frame_chain::{FrameChain, empty_last_field_bytes, put_array_len, put_nullable_len, put_unsigned_varint};
 use crate::response::EncodeError;
 
 /// The Produce versions encoded here: v3 (the first with v2 record batches)
@@ -41,33 +41,28 @@ pub fn encode_produce_request(
         return Err(error(format!("version outside {VERSIONS:?}")));
     }
     let flexible = version >= 9;
-    // An empty array, then (flexible versions) an empty tagged-field count.
-    let empty_array_marker = if flexible { 2 } else { 4 };
-    // Null records, then (flexible versions) an empty tagged-field count.
-    let null_records_marker = if flexible { 2 } else { 4 };
+    // Each struct is encoded with its topics, partitions or records left
+    // empty, and the empty field dropped.
+    let empty = empty_last_field_bytes(flexible);
     if !body.unknown_tagged_fields.is_empty() {
         return Err(error("request tagged fields are not encoded here".into()));
     }
     let mut out = FrameChain::for_frame();
     let mut scratch = BytesMut::new();
-    let mut encode_into = |out: &mut FrameChain, what: &dyn Fn(&mut BytesMut) -> anyhow::Result<()>, marker| {
-        scratch.clear();
-        what(&mut scratch).map_err(|e| error(e.to_string()))?;
-        out.put_slice(&scratch[..scratch.len() - marker]);
-        Ok::<(), EncodeError>(())
-    };
     let header = RequestHeader::default()
         .with_request_api_key(ApiKey::Produce as i16)
         .with_request_api_version(version)
         .with_correlation_id(correlation_id)
         .with_client_id(client_id);
     let header_version = ApiKey::Produce.request_header_version(version);
-    encode_into(&mut out, &|b| header.encode(b, header_version), 0)?;
+    out.put_encoded(&mut scratch, 0, |b| header.encode(b, header_version))
+        .map_err(error)?;
     let fields = ProduceRequest::default()
         .with_transactional_id(body.transactional_id.clone())
         .with_acks(body.acks)
         .with_timeout_ms(body.timeout_ms);
-    encode_into(&mut out, &|b| fields.encode(b, version), empty_array_marker)?;
+    out.put_encoded(&mut scratch, empty, |b| fields.encode(b, version))
+        .map_err(error)?;
     put_array_len(&mut out, body.topic_data.len(), flexible).map_err(error)?;
     for topic in &body.topic_data {
         if !topic.unknown_tagged_fields.is_empty() {
@@ -76,14 +71,16 @@ pub fn encode_produce_request(
         let fields = TopicProduceData::default()
             .with_name(topic.name.clone())
             .with_topic_id(topic.topic_id);
-        encode_into(&mut out, &|b| fields.encode(b, version), empty_array_marker)?;
+        out.put_encoded(&mut scratch, empty, |b| fields.encode(b, version))
+            .map_err(error)?;
         put_array_len(&mut out, topic.partition_data.len(), flexible).map_err(error)?;
         for partition in &topic.partition_data {
             if !partition.unknown_tagged_fields.is_empty() {
                 return Err(error("partition tagged fields are not encoded here".into()));
             }
             let fields = PartitionProduceData::default().with_index(partition.index);
-            encode_into(&mut out, &|b| fields.encode(b, version), null_records_marker)?;
+            out.put_encoded(&mut scratch, empty, |b| fields.encode(b, version))
+                .map_err(error)?;
             let records = partition.records.as_ref();
             put_nullable_len(&mut out, records.map(Bytes::len), flexible).map_err(error)?;
             if let Some(r) = records {
