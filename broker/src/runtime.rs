@@ -54,3 +54,76 @@ pub async fn first_of<'a>(mut futures: Vec<std::pin::Pin<Box<dyn Future<Output =
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// How long a test below lets a task compute before it calls the
+    /// runtime broken: far above glommio's preempt period (100 ms), so
+    /// only a runtime that stopped preempting fails, however slow the host.
+    const LIVENESS_CAP: Duration = Duration::from_secs(20);
+
+    fn on_executor<T>(future: impl Future<Output = T> + 'static) -> T {
+        glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(future)
+    }
+
+    /// vendor/glommio keeps its preempt timer armed across turns of the
+    /// reactor instead of re-arming it on each. A shard's task that
+    /// computes without waiting, and gives way only when preemption is due
+    /// (as long appends and encodes do), must still be preempted again and
+    /// again, so that timers fire and I/O completes meanwhile: here, after
+    /// thousands of turns that keep the timer, each of a ticker's sleeps
+    /// ends while the busy task runs.
+    #[test]
+    fn a_task_that_never_waits_is_still_preempted_for_each_timer() {
+        on_executor(async {
+            for _ in 0..2000 {
+                sleep(Duration::from_micros(1)).await;
+            }
+            let ticks = Rc::new(Cell::new(0u32));
+            let ticker = spawn({
+                let ticks = ticks.clone();
+                async move {
+                    for _ in 0..5 {
+                        sleep(Duration::from_millis(1)).await;
+                        ticks.set(ticks.get() + 1);
+                    }
+                }
+            });
+            let started = Instant::now();
+            while ticks.get() < 5 && started.elapsed() < LIVENESS_CAP {
+                std::hint::black_box(started.elapsed());
+                glommio::yield_if_needed().await;
+            }
+            assert_eq!(
+                ticks.get(),
+                5,
+                "the busy task was not preempted for the ticker's timers"
+            );
+            ticker.await;
+        });
+    }
+
+    /// An executor with nothing to do sleeps, and wakes for its next timer
+    /// (the patch cancels the preempt timer before a sleep, as upstream).
+    #[test]
+    fn an_idle_executor_wakes_for_its_timers() {
+        let slept = on_executor(async {
+            let started = Instant::now();
+            for _ in 0..3 {
+                sleep(Duration::from_millis(20)).await;
+            }
+            started.elapsed()
+        });
+        assert!(slept >= Duration::from_millis(60), "woke early: {slept:?}");
+        assert!(slept < LIVENESS_CAP, "did not wake: {slept:?}");
+    }
+}
