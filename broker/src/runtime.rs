@@ -80,14 +80,21 @@ mod tests {
     /// computes without waiting, and gives way only when preemption is due
     /// (as long appends and encodes do), must still be preempted again and
     /// again, so that timers fire and I/O completes meanwhile: here, after
-    /// thousands of turns that keep the timer, each of a ticker's sleeps
-    /// ends while the busy task runs.
+    /// thousands of turns for file reads (each of which keeps the timer
+    /// armed, unless it is half spent), each of a ticker's sleeps ends while
+    /// the busy task runs.
     #[test]
     fn a_task_that_never_waits_is_still_preempted_for_each_timer() {
-        on_executor(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, [7u8; 4096]).expect("write");
+        on_executor(async move {
+            let file = glommio::io::BufferedFile::open(&path).await.expect("open");
             for _ in 0..2000 {
-                sleep(Duration::from_micros(1)).await;
+                let read = file.read_at(0, 4096).await.expect("read");
+                assert_eq!(read.len(), 4096);
             }
+            file.close().await.expect("close");
             let ticks = Rc::new(Cell::new(0u32));
             let ticker = spawn({
                 let ticks = ticks.clone();
