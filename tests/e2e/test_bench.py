@@ -111,3 +111,24 @@ def test_storage_reports_the_log_against_the_disk_with_its_io_workers_where_aske
         capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )
     assert done.returncode != 0 and "names no CPU" in done.stderr
+
+
+def test_storage_appends_to_several_logs_in_turn_when_asked(tmp_path):
+    scratch = tmp_path / "scratch"
+    out = tmp_path / "storage.json"
+    bench(
+        "storage", "--dir", str(scratch), "--bytes", str(8 << 20), "--samples", "10",
+        "--rounds", "1", "--batch-bytes", "65536", "--logs", "4", "--json", str(out),
+    )
+    report = json.loads(out.read_text())
+    assert report["logs"] == 4
+    [b] = report["batches"]
+    assert b["log_throughput_mb_s"] > 0 and b["log_throughput_records_s"] > 0
+    # Each of the four logs' directories is gone with the raw files.
+    assert list(scratch.iterdir()) == []
+    for logs in ("0", "65"):
+        done = subprocess.run(
+            [str(BENCH_BIN), "storage", "--dir", str(scratch), "--logs", logs],
+            capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        )
+        assert done.returncode != 0 and "--logs must be 1 to 64" in done.stderr
