@@ -88,15 +88,35 @@ def test_limits_measures_the_disk_both_ways_and_leaves_its_scratch_files_behind_
     assert list(data_dir.iterdir()) == []
 
 
+def storage(scratch, out, *args):
+    """Runs a small storage benchmark in `scratch` and returns its JSON
+    report; every file it wrote is gone afterwards."""
+    bench(
+        "storage", "--dir", str(scratch), "--bytes", str(8 << 20), "--rounds", "1",
+        "--json", str(out), *args,
+    )
+    assert list(scratch.iterdir()) == []
+    return json.loads(out.read_text())
+
+
+def storage_refuses(scratch, *args):
+    """The stderr of a storage run that must fail at once."""
+    done = subprocess.run(
+        [str(BENCH_BIN), "storage", "--dir", str(scratch), *args],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
+    assert done.returncode != 0
+    return done.stderr
+
+
 def test_storage_reports_the_log_against_the_disk_with_its_io_workers_where_asked(tmp_path):
     scratch = tmp_path / "scratch"
-    out = tmp_path / "storage.json"
-    bench(
-        "storage", "--dir", str(scratch), "--bytes", str(8 << 20), "--samples", "20",
-        "--rounds", "1", "--batch-bytes", "1024,65536", "--io-cpuset", "0", "--json", str(out),
+    report = storage(
+        scratch, tmp_path / "storage.json",
+        "--samples", "20", "--batch-bytes", "1024,65536", "--io-cpuset", "0",
     )
-    report = json.loads(out.read_text())
     assert report["io_cpus"] == [0]
+    assert report["logs"] == 1
     assert [b["batch_bytes"] for b in report["batches"]] == [1024, 65536]
     for b in report["batches"]:
         assert b["log_throughput_mb_s"] > 0 and b["raw_write_bandwidth_mb_s"] > 0
@@ -104,31 +124,18 @@ def test_storage_reports_the_log_against_the_disk_with_its_io_workers_where_aske
         assert b["durable_write_bytes"] % 4096 == 0 and b["durable_write_bytes"] > b["batch_bytes"]
         check_latency(b, "raw_sync_latency_us")
         check_latency(b, "durable_append_latency_us")
-    assert list(scratch.iterdir()) == []
     # A CPU list that names none is refused, not run unplaced.
-    done = subprocess.run(
-        [str(BENCH_BIN), "storage", "--dir", str(scratch), "--io-cpuset", "none"],
-        capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-    )
-    assert done.returncode != 0 and "names no CPU" in done.stderr
+    assert "names no CPU" in storage_refuses(scratch, "--io-cpuset", "none")
 
 
 def test_storage_appends_to_several_logs_in_turn_when_asked(tmp_path):
     scratch = tmp_path / "scratch"
-    out = tmp_path / "storage.json"
-    bench(
-        "storage", "--dir", str(scratch), "--bytes", str(8 << 20), "--samples", "10",
-        "--rounds", "1", "--batch-bytes", "65536", "--logs", "4", "--json", str(out),
+    # storage() also checks that each of the four logs' directories is gone.
+    report = storage(
+        scratch, tmp_path / "storage.json", "--samples", "10", "--batch-bytes", "65536", "--logs", "4",
     )
-    report = json.loads(out.read_text())
     assert report["logs"] == 4
     [b] = report["batches"]
     assert b["log_throughput_mb_s"] > 0 and b["log_throughput_records_s"] > 0
-    # Each of the four logs' directories is gone with the raw files.
-    assert list(scratch.iterdir()) == []
     for logs in ("0", "65"):
-        done = subprocess.run(
-            [str(BENCH_BIN), "storage", "--dir", str(scratch), "--logs", logs],
-            capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-        )
-        assert done.returncode != 0 and "--logs must be 1 to 64" in done.stderr
+        assert "--logs must be 1 to 64" in storage_refuses(scratch, "--logs", logs)
