@@ -53,7 +53,7 @@ pub struct StorageArgs {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Logs the throughput run appends to in turn, each with its own
-    /// flusher, as a shard holds its partitions (at most `LOGS_MAX`). The
+    /// flusher, as a shard holds its partitions (1 to 64, `LOGS_MAX`). The
     /// goal's ratio is for one log.
     #[arg(long, default_value_t = 1)]
     logs: usize,
