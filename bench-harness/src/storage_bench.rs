@@ -372,11 +372,13 @@ async fn log_throughput(
     logs: usize,
     config: LogConfig,
 ) -> anyhow::Result<(f64, f64, Option<f64>)> {
+    // One cache for all the logs, as a shard's partitions share one.
+    let cache = BatchCache::new(64 << 20);
     let mut opened = Vec::with_capacity(logs);
     for i in 0..logs {
         let log_dir = dir.join(format!("log-throughput-{batch_bytes}-{i}"));
         let scratch = Scratch(log_dir.clone());
-        let log = Rc::new(Log::open(fs.clone(), log_dir, config, BatchCache::new(64 << 20), now_ms()).await?);
+        let log = Rc::new(Log::open(fs.clone(), log_dir, config, cache.clone(), now_ms()).await?);
         let flusher = glommio::spawn_local({
             let log = log.clone();
             async move { log.flush_until_closed().await }
