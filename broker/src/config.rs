@@ -101,6 +101,15 @@ pub struct Cli {
     #[arg(long = "batch.cache.bytes", env = "SLUICE_BATCH_CACHE_BYTES")]
     pub batch_cache_bytes: Option<usize>,
 
+    /// Memory each shard faults in before it serves, so that the first
+    /// requests do not pay to fault in what the shard will hold (its batch
+    /// cache, request buffers, requests in flight, write buffers). Freed
+    /// memory is kept for reuse, so the process holds its high-water mark.
+    /// Default: 1.5 GiB per shard, or less where the shards' share would
+    /// pass a quarter of the memory this process may use. 0 turns it off.
+    #[arg(long = "memory.prefault.bytes", env = "SLUICE_MEMORY_PREFAULT_BYTES")]
+    pub memory_prefault_bytes: Option<usize>,
+
     /// How often retention runs.
     #[arg(
         long = "log.retention.check.interval.ms",
@@ -262,6 +271,7 @@ pub struct BrokerConfig {
     pub connections_max: usize,
     pub fetch_bytes_max: usize,
     pub batch_cache_bytes: usize,
+    pub memory_prefault_bytes: usize,
     pub retention_check_interval_ms: u64,
     pub topic_defaults: TopicDefaults,
     pub group_limits: crate::group::state::GroupLimits,
@@ -367,6 +377,9 @@ impl BrokerConfig {
             batch_cache_bytes: cli
                 .batch_cache_bytes
                 .unwrap_or_else(|| default_batch_cache_bytes(usable_memory_bytes(), shard_cpus_len)),
+            memory_prefault_bytes: cli
+                .memory_prefault_bytes
+                .unwrap_or_else(|| default_memory_prefault_bytes(usable_memory_bytes(), shard_cpus_len)),
             retention_check_interval_ms: cli.log_retention_check_interval_ms.max(100),
             topic_defaults: defaults,
             group_limits: crate::group::state::GroupLimits {
@@ -467,6 +480,20 @@ fn default_batch_cache_bytes(memory: Option<u64>, shards: usize) -> usize {
 const BATCH_CACHE_BYTES_DEFAULT: usize = 512 << 20;
 const BATCH_CACHE_BYTES_MIN: usize = 64 << 20;
 
+/// The default prefault of each shard: `MEMORY_PREFAULT_BYTES_DEFAULT`,
+/// within a quarter of `memory` (if known) split among the shards. A shard
+/// with the default limits serving half its maximum produce rate reached
+/// 1.1 GB; faulting in 768 MiB left stalls of most of a second a few
+/// seconds in, where it ran past that (docs/PERFORMANCE.md, stop 23).
+fn default_memory_prefault_bytes(memory: Option<u64>, shards: usize) -> usize {
+    let share = memory.map_or(u64::MAX, |m| m / 4 / shards.max(1) as u64);
+    usize::try_from(share)
+        .unwrap_or(usize::MAX)
+        .min(MEMORY_PREFAULT_BYTES_DEFAULT)
+}
+
+const MEMORY_PREFAULT_BYTES_DEFAULT: usize = 1536 << 20;
+
 /// Memory this process may use: the machine's, or the lowest limit of its
 /// cgroup and the cgroups above it, if that is lower.
 fn usable_memory_bytes() -> Option<u64> {
@@ -529,6 +556,21 @@ mod tests {
         assert_eq!(c.batch_cache_bytes as u64, expected);
         let c = parse(&["sluice", "--batch.cache.bytes", "1048576"]);
         assert_eq!(c.batch_cache_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn the_prefault_defaults_to_1_5_gib_a_shard_within_a_quarter_of_memory() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(default_memory_prefault_bytes(Some(24 * GIB), 2), 1536 << 20);
+        assert_eq!(default_memory_prefault_bytes(Some(8 * GIB), 4), 512 << 20);
+        assert_eq!(default_memory_prefault_bytes(Some(GIB), 2), 128 << 20);
+        assert_eq!(default_memory_prefault_bytes(None, 1), MEMORY_PREFAULT_BYTES_DEFAULT);
+        let memory = usable_memory_bytes().expect("this machine's memory");
+        let c = parse(&["sluice", "--cores", "2", "--cpuset", "none"]);
+        let expected = (memory / 8).min(MEMORY_PREFAULT_BYTES_DEFAULT as u64);
+        assert_eq!(c.memory_prefault_bytes as u64, expected);
+        let c = parse(&["sluice", "--memory.prefault.bytes", "0"]);
+        assert_eq!(c.memory_prefault_bytes, 0);
     }
 
     /// A reader of files that holds only `files` (path, contents).

@@ -9,6 +9,7 @@ mod faults;
 mod group;
 mod handlers;
 mod kvlog;
+mod memory;
 mod metadata;
 mod partition;
 mod producer_state;
@@ -22,8 +23,9 @@ mod watchdog;
 
 use tracing_subscriber::EnvFilter;
 
-// Per-thread heaps that keep freed memory mapped: no lock between shards
-// and no page faults in steady state (glibc malloc trims and re-faults).
+// Per-thread heaps, no lock between shards; told at start to keep freed
+// memory mapped (`memory::keep_freed_memory`), so that the steady state
+// takes no page faults (glibc malloc trims and re-faults).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -41,6 +43,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    memory::keep_freed_memory();
     if let Err(e) = server::run(config) {
         tracing::error!("{e:#}");
         std::process::exit(1);

@@ -30,6 +30,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::BrokerConfig;
 use crate::connection;
 use crate::controller;
+use crate::memory;
 use crate::metadata::{ClusterMetadata, MetadataFile, metadata_path, new_cluster_id};
 use crate::runtime;
 use crate::shard::{MESH_CHANNEL_CAPACITY, Shard, ShardTask};
@@ -126,6 +127,16 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
                 if let Some(cpus) = &config.io_cpus {
                     sluice_storage::io::workers::set_for_current_thread(cpus)
                         .with_context(|| format!("placing shard {index}'s io workers on CPUs {cpus:?}"))?;
+                }
+                // Before the logs open, so that their buffers come from it.
+                if config.memory_prefault_bytes > 0 {
+                    let took = memory::prefault(config.memory_prefault_bytes).await;
+                    info!(
+                        shard = index,
+                        bytes = config.memory_prefault_bytes,
+                        ?took,
+                        "memory faulted in"
+                    );
                 }
                 let result = shard_main(config, mesh, initial, stop_rx).await;
                 if result.is_ok() {

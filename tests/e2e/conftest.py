@@ -40,6 +40,10 @@ class Broker:
         self.extra_args = list(extra_args)
         self.env = dict(os.environ, **(env or {}))
         self.env.setdefault("RUST_LOG", "info")
+        # Each shard would fault in its memory share (up to 1.5 GiB) before
+        # serving: seconds a start on this VM, for the suite's hundreds of
+        # starts. test_smoke.py tests the prefault on its own.
+        self.env.setdefault("SLUICE_MEMORY_PREFAULT_BYTES", "0")
         self.cores = cores
         self.proc = None
         self.start()
