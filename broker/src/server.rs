@@ -1,7 +1,8 @@
 //! Starting and stopping the broker.
 //!
 //! Start: lock the data directory, load (or create) the cluster metadata,
-//! start one pinned executor per shard, join them into a channel mesh. Shard
+//! start one pinned executor per shard, each of which faults in its share
+//! of memory (`memory.rs`), join them into a channel mesh. Shard
 //! 0 persists the metadata and applies it on every shard (each opens the
 //! logs it owns); only then does each shard bind the listen address
 //! (SO_REUSEPORT: the kernel spreads connections over the shards) and
