@@ -361,6 +361,11 @@ impl BrokerConfig {
             bail!("max.inflight.requests.per.connection and max.connections must be positive");
         }
         let shard_cpus_len = shard_cpus.len();
+        // Read from /proc and the cgroup files once, for both defaults that
+        // need it.
+        let memory = (cli.batch_cache_bytes.is_none() || cli.memory_prefault_bytes.is_none())
+            .then(usable_memory_bytes)
+            .flatten();
         Ok(BrokerConfig {
             listen,
             advertised_host: host.to_string(),
@@ -376,10 +381,10 @@ impl BrokerConfig {
             fetch_bytes_max: cli.fetch_max_bytes.max(1024),
             batch_cache_bytes: cli
                 .batch_cache_bytes
-                .unwrap_or_else(|| default_batch_cache_bytes(usable_memory_bytes(), shard_cpus_len)),
+                .unwrap_or_else(|| default_batch_cache_bytes(memory, shard_cpus_len)),
             memory_prefault_bytes: cli
                 .memory_prefault_bytes
-                .unwrap_or_else(|| default_memory_prefault_bytes(usable_memory_bytes(), shard_cpus_len)),
+                .unwrap_or_else(|| default_memory_prefault_bytes(memory, shard_cpus_len)),
             retention_check_interval_ms: cli.log_retention_check_interval_ms.max(100),
             topic_defaults: defaults,
             group_limits: crate::group::state::GroupLimits {

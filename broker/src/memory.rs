@@ -47,11 +47,10 @@ pub fn keep_freed_memory() {
 /// Returns how long it took.
 pub async fn prefault(bytes: usize) -> Duration {
     let started = Instant::now();
-    let mut held: Vec<Vec<u8>> = Vec::with_capacity(bytes.div_ceil(PIECE_BYTES));
-    let mut left = bytes;
-    while left > 0 {
+    let pieces = bytes.div_ceil(PIECE_BYTES);
+    let mut held: Vec<Vec<u8>> = Vec::with_capacity(pieces);
+    for _ in 0..pieces {
         held.push(touched(PIECE_BYTES));
-        left = left.saturating_sub(PIECE_BYTES);
         glommio::yield_if_needed().await;
     }
     drop(held);
